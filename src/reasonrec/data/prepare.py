@@ -1,0 +1,220 @@
+"""RawDataset -> the samples contract: per-user temporal split, last-5 histories, labels, context.
+
+Split (LR-Recsys section 5.1): for each user, interactions ordered by time; the first 80% are train,
+the last 20% test; the last 10% of each user's train part is the validation split (early stopping
+only ever looks at it). Histories are the up-to-5 items the user interacted with *before* each
+interaction in the full timeline, oldest first, so a subsample (`last_n_per_user`) keeps real
+histories instead of truncated ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reasonrec.data.schema import HISTORY_LEN, RawDataset, validate
+from reasonrec.errors import DataError
+
+
+@dataclass
+class PrepareConfig:
+    test_frac: float = 0.2
+    valid_frac: float = 0.1          # of each user's train part
+    history_len: int = HISTORY_LEN
+    label_threshold: float | None = None  # None: the dataset's own (rating >= 4 for 1-5 scales)
+    max_users: int | None = None     # deterministic subsample: users ranked by a seeded hash
+    last_n_per_user: int | None = None
+    seed: int = 0
+    skip_bad_rows: bool = False
+    context: bool = True             # hour-of-day and day-of-week from real timestamps
+
+
+@dataclass
+class Prepared:
+    samples: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    card: dict = field(default_factory=dict)
+
+    def save(self, out: str | Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        # write-then-rename so an interrupted prepare never leaves a half-written table behind
+        for name, frame in (("samples", self.samples), ("items", self.items), ("users", self.users)):
+            tmp = out / f".{name}.parquet.tmp"
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(out / f"{name}.parquet")
+        (out / "card.json").write_text(json.dumps(self.card, indent=2, default=str))
+        (out / "card.md").write_text(render_card(self.card))
+        return out
+
+
+def load_prepared(path: str | Path) -> Prepared:
+    path = Path(path)
+    if not (path / "samples.parquet").is_file():
+        raise DataError("no samples.parquet here; run `reasonrec data prepare` first", file=str(path))
+    card = json.loads((path / "card.json").read_text()) if (path / "card.json").is_file() else {}
+    samples = pd.read_parquet(path / "samples.parquet")
+    samples["history"] = samples["history"].map(list)
+    return Prepared(samples, pd.read_parquet(path / "items.parquet"), pd.read_parquet(path / "users.parquet"), card)
+
+
+def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
+    cfg = config or PrepareConfig()
+    started = time.perf_counter()
+    report = validate(ds, skip_bad_rows=cfg.skip_bad_rows)
+    inter = ds.interactions.copy()
+    inter["user_id"] = inter["user_id"].astype(str)
+    inter["item_id"] = inter["item_id"].astype(str)
+    if "line" not in inter.columns:
+        inter["line"] = np.arange(1, len(inter) + 1)
+    n_raw_users = inter["user_id"].nunique()
+
+    if cfg.max_users is not None:
+        users = np.array(sorted(inter["user_id"].unique(), key=lambda u: _rank(u, cfg.seed)))
+        inter = inter[inter["user_id"].isin(set(users[: cfg.max_users]))]
+
+    # Order within a user by time; ties (same second) keep file order so the result is deterministic.
+    inter = inter.sort_values(["user_id", "timestamp", "line"], kind="stable").reset_index(drop=True)
+    pos = inter.groupby("user_id", sort=False).cumcount().to_numpy()
+    count = inter.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    inter["history"] = _histories(inter["item_id"].to_numpy(), pos, cfg.history_len)
+
+    if cfg.last_n_per_user is not None:
+        keep = pos >= count - cfg.last_n_per_user
+        inter = inter[keep].reset_index(drop=True)
+        pos = inter.groupby("user_id", sort=False).cumcount().to_numpy()
+        count = inter.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    if len(inter) == 0:
+        raise DataError("no interactions left after subsampling", file=ds.meta.get("source", ds.name))
+
+    inter["split"] = _split(pos, count, cfg.test_frac, cfg.valid_frac)
+    threshold = ds.label_threshold if cfg.label_threshold is None else cfg.label_threshold
+    inter["label"] = (inter["rating"] >= threshold).astype("int8")
+    if cfg.context and ds.meta.get("time_source", "timestamp") == "timestamp":
+        when = pd.to_datetime(inter["timestamp"], unit="s", utc=True)
+        inter["ctx_hour"] = when.dt.hour.astype("int16")
+        inter["ctx_weekday"] = when.dt.day_of_week.astype("int16")
+
+    ctx = [c for c in inter.columns if c.startswith("ctx_")]
+    samples = inter[["user_id", "item_id", "rating", "label", "timestamp", "split", "history", *ctx]].copy()
+    samples.insert(0, "sample_id", np.arange(len(samples), dtype="int64"))
+
+    items = _side_table(ds.items, "item_id", set(samples["item_id"]) | {i for h in samples["history"] for i in h})
+    users = _side_table(ds.users, "user_id", set(samples["user_id"]))
+    card = make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users)
+    card["prepare_seconds"] = round(time.perf_counter() - started, 2)
+    return Prepared(samples, items, users, card)
+
+
+def _rank(user_id: str, seed: int) -> str:
+    return hashlib.sha1(f"{seed}:{user_id}".encode()).hexdigest()
+
+
+def _histories(items: np.ndarray, pos: np.ndarray, k: int) -> list[list[str]]:
+    """Row r gets items[r-j] for j = k..1 where the same user has them (pos >= j), oldest first."""
+    n = len(items)
+    out = [[] for _ in range(n)]
+    for j in range(k, 0, -1):
+        rows = np.nonzero(pos >= j)[0]
+        for r in rows:
+            out[r].append(items[r - j])
+    return out
+
+
+def _split(pos: np.ndarray, count: np.ndarray, test_frac: float, valid_frac: float) -> np.ndarray:
+    n_test = np.floor(count * test_frac + 0.5).astype(int)
+    n_test = np.where((count >= 2) & (n_test == 0), 1, n_test)
+    n_train = count - n_test
+    n_valid = np.floor(n_train * valid_frac + 0.5).astype(int)
+    n_valid = np.where((n_train >= 3) & (n_valid == 0), 1, n_valid)
+    split = np.full(len(pos), "train", dtype=object)
+    split[pos >= n_train - n_valid] = "valid"
+    split[pos >= n_train] = "test"
+    return split
+
+
+def _side_table(frame: pd.DataFrame, key: str, ids: set) -> pd.DataFrame:
+    frame = frame.copy()
+    frame[key] = frame[key].astype(str)
+    frame = frame.drop_duplicates(subset=[key], keep="first")
+    frame = frame[frame[key].isin(ids)].reset_index(drop=True)
+    missing = sorted(ids - set(frame[key]))
+    if missing:
+        filler = {key: missing}
+        if key == "item_id":
+            filler.update(title=missing, categories="", description="")
+        frame = pd.concat([frame, pd.DataFrame(filler)], ignore_index=True)
+    for col in frame.columns:
+        if col.startswith("feat_") or col in ("title", "categories", "description"):
+            frame[col] = frame[col].fillna("").astype(str)
+    return frame.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) -> dict:
+    split_sizes = samples["split"].value_counts().reindex(["train", "valid", "test"], fill_value=0)
+    hist_len = samples["history"].map(len)
+    per_user_test = samples.assign(t=samples["split"].eq("test")).groupby("user_id")["t"].mean()
+    return {
+        "dataset": ds.name,
+        "domain": ds.domain,
+        "source": ds.meta.get("source"),
+        "time_source": ds.meta.get("time_source", "timestamp"),
+        "interactions": int(len(samples)),
+        "users": int(samples["user_id"].nunique()),
+        "items": int(samples["item_id"].nunique()),
+        "items_in_table": int(len(items)),
+        "users_before_subsampling": int(n_raw_users),
+        "rating_scale": list(ds.rating_scale),
+        "rating_mean": round(float(samples["rating"].mean()), 4),
+        "label_threshold": threshold,
+        "label_rate": round(float(samples["label"].mean()), 4),
+        "label_rate_by_split": {s: round(float(g["label"].mean()), 4) for s, g in samples.groupby("split")},
+        "split_sizes": {k: int(v) for k, v in split_sizes.items()},
+        "split_fractions": {k: round(int(v) / len(samples), 4) for k, v in split_sizes.items()},
+        "test_fraction_per_user_mean": round(float(per_user_test.mean()), 4),
+        "history_full_5": round(float((hist_len >= cfg.history_len).mean()), 4),
+        "history_mean_len": round(float(hist_len.mean()), 3),
+        "history_empty": int((hist_len == 0).sum()),
+        "context_columns": [c for c in samples.columns if c.startswith("ctx_")],
+        "item_features": [c for c in items.columns if c.startswith("feat_")],
+        "user_features": [c for c in users.columns if c.startswith("feat_")],
+        "time_range": [str(pd.to_datetime(samples["timestamp"].min(), unit="s").date()),
+                       str(pd.to_datetime(samples["timestamp"].max(), unit="s").date())],
+        "bad_rows_skipped": int(ds.meta.get("bad_rows", 0)) + report.get("bad_rows", 0),
+        "duplicates_dropped": report.get("duplicates", 0),
+        "config": asdict(cfg),
+    }
+
+
+def render_card(card: dict) -> str:
+    sizes, fr = card["split_sizes"], card["split_fractions"]
+    lines = [
+        f"# Dataset card: {card['dataset']} ({card['domain']})",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| interactions | {card['interactions']:,} |",
+        f"| users | {card['users']:,} |",
+        f"| items | {card['items']:,} (item table: {card['items_in_table']:,}) |",
+        f"| ratings | scale {card['rating_scale'][0]:g}-{card['rating_scale'][1]:g}, mean {card['rating_mean']} |",
+        f"| label | rating >= {card['label_threshold']:g}; positive rate {card['label_rate']:.2%} |",
+        f"| split | train {sizes['train']:,} ({fr['train']:.1%}), valid {sizes['valid']:,} ({fr['valid']:.1%}), "
+        f"test {sizes['test']:,} ({fr['test']:.1%}) |",
+        f"| label rate by split | {', '.join(f'{k} {v:.2%}' for k, v in card['label_rate_by_split'].items())} |",
+        f"| history | {card['history_full_5']:.1%} with all 5; mean length {card['history_mean_len']}; "
+        f"{card['history_empty']:,} empty |",
+        f"| time | {card['time_range'][0]} .. {card['time_range'][1]} (order from {card['time_source']}) |",
+        f"| context | {', '.join(card['context_columns']) or '-'} |",
+        f"| features | items: {', '.join(card['item_features']) or '-'}; users: {', '.join(card['user_features']) or '-'} |",
+        f"| bad rows skipped / duplicates dropped | {card['bad_rows_skipped']} / {card['duplicates_dropped']} |",
+    ]
+    if card.get("prepare_seconds") is not None:
+        lines.append(f"| prepare time | {card['prepare_seconds']} s |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,27 @@
+"""Errors users see. Each names where the problem is so it can be fixed without a debugger."""
+
+from __future__ import annotations
+
+
+class ReasonrecError(Exception):
+    """Base class for errors that carry a message meant for the user."""
+
+
+class DataError(ReasonrecError):
+    """Bad input data: names the file, the line or row, and the field."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.file, self.line, self.field, self.reason = file, line, field, message
+        where = []
+        if file:
+            where.append(str(file))
+        if line is not None:
+            where.append(f"line {line}")
+        if field:
+            where.append(f"field '{field}'")
+        super().__init__(f"{': '.join([', '.join(where)] if where else [])}{': ' if where else ''}{message}")
+
+
+class AssetMissing(ReasonrecError):
+    """An embedded model or dataset package is not installed."""

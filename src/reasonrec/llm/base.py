@@ -1,0 +1,84 @@
+"""The one interface every LLM backend implements.
+
+`generate(prompts, params) -> list[Generation]`, batched. A prompt is a chat (role, content) list
+plus an optional forced start of the answer (the papers' "The consumer watched this movie
+because ..."): each backend renders it the way its model expects, so templates never contain
+model-specific chat markup.
+
+Backends declare what they support so callers (the explanation engine, the ExpCTR judge) can pick
+the fast path without isinstance checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: tuple[tuple[str, str], ...]  # ((role, content), ...), roles: system | user | assistant
+    prefix: str = ""  # forced beginning of the assistant's answer; not repeated in Generation.text
+
+    @classmethod
+    def user(cls, content: str, prefix: str = "", system: str | None = None) -> "Prompt":
+        msgs = ((("system", system),) if system else ()) + (("user", content),)
+        return cls(messages=msgs, prefix=prefix)
+
+    def canonical(self) -> str:
+        """Backend-independent rendering used in cache keys."""
+        return json.dumps({"messages": [list(m) for m in self.messages], "prefix": self.prefix},
+                          ensure_ascii=False, sort_keys=True)
+
+    def key(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding parameters. Part of every cache key, so two settings never share an entry."""
+
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy: reproducible, and the papers' zero-shot setting
+    top_p: float = 1.0
+    stop_at_sentence_end: bool = True  # the papers ask for exactly one sentence
+    seed: int = 0
+
+    def key(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    text: str                      # continuation only (without Prompt.prefix)
+    tokens: int = 0                # new tokens produced
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"    # stop | length | error
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    batching: bool = True
+    prefix_sharing: bool = False   # generate_groups() prefills a group's common prefix once
+    logprobs: bool = False         # score() works (the ExpCTR Yes/No judge needs it)
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    model_id: str                  # stable identity of the weights (+ adapter); part of cache keys
+    capabilities: Capabilities
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[Generation]:
+        ...
+
+    def generate_groups(self, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
+        """Prompts in one group share a long prefix (the positive and negative prompt of one
+        sample); backends that can, compute it once. Default: flatten."""
+        ...
+
+    def score(self, prompts: list[Prompt], continuations: list[str]) -> list[float]:
+        """Sum of log-probabilities of each continuation after its prompt (needs capabilities.logprobs)."""
+        ...
