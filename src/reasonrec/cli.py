@@ -71,6 +71,89 @@ def data_show(path: Path = typer.Argument(Path("artifacts/data/ml-100k"), help="
     typer.echo(card.read_text())
 
 
+def _dataset_dir(dataset: str) -> Path:
+    """A prepared dataset: a directory, or a name under artifacts/data/."""
+    path = Path(dataset)
+    if not (path / "samples.parquet").is_file():
+        path = Path("artifacts") / "data" / dataset
+    if not (path / "samples.parquet").is_file():
+        raise ReasonrecError(f"no prepared dataset at '{dataset}' or '{path}'; run `reasonrec data prepare` first")
+    return path
+
+
+@app.command("explain")
+def explain(
+    dataset: str = typer.Option("ml-100k-bench", help="prepared dataset directory or name under artifacts/data/"),
+    llm: str = typer.Option("embedded", help="embedded | gguf:/path.gguf | openai:MODEL@BASE_URL | vllm:MODEL"),
+    variant: str = typer.Option("contrastive", help="contrastive | positive_only | aspects | general | summary | "
+                                                    "alt_prompt | direct"),
+    profiles: bool = typer.Option(True, help="describe items by LLM-written profiles (the CoT step)"),
+    split: Optional[list[str]] = typer.Option(None, help="only these splits (repeatable) [default: all]"),
+    max_samples: Optional[int] = typer.Option(None, help="only the first N samples (after the split filter)"),
+    batch_size: int = typer.Option(32, help="samples per batch"),
+    store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"), help="the explanation store"),
+    summary_json: Optional[Path] = typer.Option(None, help="also write the run summary here"),
+):
+    """Generate (or complete) the explanations of a prepared dataset into the store."""
+    from reasonrec.data.prepare import load_prepared
+    from reasonrec.explain.generate import ExplainConfig, Explainer
+    from reasonrec.explain.store import ExplanationStore
+    from reasonrec.explain.templates import load_templates
+    from reasonrec.llm import get_backend
+
+    data = load_prepared(_dataset_dir(dataset))
+    samples = data.samples
+    if split:
+        samples = samples[samples["split"].isin(split)]
+    if max_samples is not None:
+        samples = samples.head(max_samples)
+    domain = data.card.get("domain", "movie")
+    explainer = Explainer(get_backend(llm), ExplanationStore(store), load_templates(domain),
+                          ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size))
+    typer.echo(f"{len(samples):,} samples of {dataset} ({domain}), variant {variant}, "
+               f"profiles {'on' if profiles else 'off'}, model {explainer.model_id}")
+    summaries = explainer.run(samples, data.items)
+    for s in summaries:
+        typer.echo(s.line())
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps([s.as_dict() for s in summaries], indent=2))
+
+
+cache_app = typer.Typer(help="Share and inspect the explanation store.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("export")
+def cache_export(out: Path, store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+                 model_id: Optional[str] = typer.Option(None, help="only rows of this model")):
+    """Write the store (or one model's rows) to a compressed Parquet file."""
+    from reasonrec.explain.store import ExplanationStore
+
+    n = ExplanationStore(store).export_parquet(out, model_id)
+    typer.echo(f"exported {n:,} rows to {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@cache_app.command("import")
+def cache_import(src: Path, store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"))):
+    """Add the rows of an exported Parquet file to the store (existing rows are kept)."""
+    from reasonrec.explain.store import ExplanationStore
+
+    typer.echo(f"imported {ExplanationStore(store).import_parquet(src):,} new rows into {store}")
+
+
+@cache_app.command("stats")
+def cache_stats(store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"))):
+    """Rows per model, task and status."""
+    from reasonrec.explain.store import ExplanationStore
+
+    df = ExplanationStore(store).frame()
+    if df.empty:
+        typer.echo("the store is empty")
+        return
+    typer.echo(df.groupby(["model_id", "task", "status"]).size().to_string())
+
+
 def main():
     try:
         app()

@@ -1,0 +1,256 @@
+"""Explanation jobs: item profiles (the CoT step), then the variant's prompts for every sample.
+
+Everything goes through the store: a prompt whose key is already there is never sent again, and
+results are committed batch by batch, so a killed job resumes where it stopped. Prompts are sent
+in order of length so that batches pad little, and a sample's positive and negative prompt travel
+together so backends that can share their common prefix compute it once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from reasonrec.explain.cleanup import Cleaned, clean
+from reasonrec.explain.store import Entry, ExplanationStore, make_key
+from reasonrec.explain.templates import PAIRED_TASKS, TemplateSet, word_cap_tokens
+from reasonrec.llm.base import Generation, GenerationParams, Prompt
+
+
+@dataclass
+class ExplainConfig:
+    variant: str = "contrastive"
+    profiles: bool = True           # LR-Recsys' CoT step: describe items by an LLM-written profile
+    profile_words: int = 25         # "succinct": profiles make up most of a prompt's length
+    max_new_tokens: int = 48
+    batch_size: int = 32            # samples per batch (a contrastive batch sends twice as many prompts)
+    retry_failed: bool = False
+
+
+@dataclass
+class RunSummary:
+    stage: str
+    requested: int = 0
+    cached: int = 0
+    generated: int = 0
+    repaired: int = 0
+    failed: int = 0
+    errors: int = 0                 # backend errors; not stored, so a rerun retries them
+    seconds: float = 0.0
+    new_tokens: int = 0
+    prompt_tokens: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["explanations_per_second"] = round(self.per_second, 3)
+        d["mean_prompt_tokens"] = round(self.prompt_tokens / self.generated, 1) if self.generated else None
+        return d
+
+    def line(self) -> str:
+        return (f"{self.stage}: {self.requested} requested, {self.cached} cached, {self.generated} generated "
+                f"({self.repaired} repaired, {self.failed} failed, {self.errors} backend errors) in "
+                f"{self.seconds:.1f} s = {self.per_second:.2f}/s, {self.new_tokens} new tokens"
+                + (f", {self.prompt_tokens / self.generated:.0f} prompt tokens each" if self.generated else ""))
+
+
+@dataclass
+class _Job:
+    key: str
+    task: str
+    template_id: str
+    prompt: Prompt
+    params: GenerationParams
+    group: int = 0                  # jobs with the same group share a prefix (one sample's pos/neg)
+    sample_ids: list = field(default_factory=list)
+
+
+class Explainer:
+    def __init__(self, backend, store: ExplanationStore, templates: TemplateSet, config: ExplainConfig | None = None):
+        self.backend, self.store, self.templates = backend, store, templates
+        self.cfg = config or ExplainConfig()
+
+    # --- keys and prompts (cheap: no model needed) -----------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def _params(self, task: str) -> GenerationParams:
+        if task == "profile":
+            return GenerationParams(max_new_tokens=word_cap_tokens(self.cfg.profile_words))
+        return GenerationParams(max_new_tokens=self.templates.max_new_tokens(task, self.cfg.max_new_tokens))
+
+    def _job(self, task: str, prompt: Prompt, group: int = 0) -> _Job:
+        tid = self.templates.template_id(task)
+        params = self._params(task)
+        return _Job(make_key(self.model_id, tid, prompt, params), task, tid, prompt, params, group)
+
+    def profile_jobs(self, items: pd.DataFrame) -> dict[str, _Job]:
+        return {row["item_id"]: self._job("profile", self.templates.profile_prompt(row, self.cfg.profile_words))
+                for row in items.to_dict("records")}
+
+    def item_texts(self, items: pd.DataFrame, progress: bool = True) -> tuple[dict[str, str], RunSummary | None]:
+        """Item id -> the text that stands for it in prompts: its profile (generated if missing) or
+        its short metadata description."""
+        title = {r["item_id"]: r for r in items.to_dict("records")}
+        if not self.cfg.profiles:
+            return {i: self.templates.describe_item(r) for i, r in title.items()}, None
+        jobs = self.profile_jobs(items)
+        summary = self._execute(list(jobs.values()), "profiles", progress)
+        found = self.store.get_many([j.key for j in jobs.values()])
+        texts = {}
+        for item_id, job in jobs.items():
+            entry = found.get(job.key)
+            short = self.templates.describe_item(title[item_id])
+            # a failed profile falls back to the metadata text rather than leaving a hole in prompts
+            texts[item_id] = f"{short}. {entry.text}" if entry and entry.status != "failed" else short
+        return texts, summary
+
+    def sample_jobs(self, samples: pd.DataFrame, texts: dict[str, str]) -> list[_Job]:
+        tasks = self.templates.variant_tasks(self.cfg.variant)
+        jobs = []
+        for group, row in enumerate(samples[["sample_id", "item_id", "history"]].itertuples(index=False)):
+            history = [texts[i] for i in row.history]
+            candidate = texts[row.item_id]
+            for task in tasks:
+                job = self._job(task, self.templates.render(task, history, candidate), group)
+                job.sample_ids = [row.sample_id]
+                jobs.append(job)
+        return jobs
+
+    # --- running ---------------------------------------------------------------------------
+
+    def run(self, samples: pd.DataFrame, items: pd.DataFrame, progress: bool = True) -> list[RunSummary]:
+        needed = set(samples["item_id"]) | {i for h in samples["history"] for i in h}
+        texts, profile_summary = self.item_texts(items[items["item_id"].isin(needed)], progress)
+        summary = self._execute(self.sample_jobs(samples, texts), f"explanations[{self.cfg.variant}]", progress)
+        return [s for s in (profile_summary, summary) if s is not None]
+
+    def lookup(self, samples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+        """sample_id + one text column per task of the variant (None where not generated yet).
+        Never calls the LLM for explanations (profiles must already be in the store)."""
+        needed = set(samples["item_id"]) | {i for h in samples["history"] for i in h}
+        sub = items[items["item_id"].isin(needed)]
+        if self.cfg.profiles:
+            jobs = self.profile_jobs(sub)
+            found = self.store.get_many([j.key for j in jobs.values()])
+            rec = {r["item_id"]: r for r in sub.to_dict("records")}
+            texts = {}
+            for item_id, job in jobs.items():
+                short = self.templates.describe_item(rec[item_id])
+                e = found.get(job.key)
+                texts[item_id] = f"{short}. {e.text}" if e and e.status != "failed" else short
+        else:
+            texts = {r["item_id"]: self.templates.describe_item(r) for r in sub.to_dict("records")}
+        jobs = self.sample_jobs(samples, texts)
+        found = self.store.get_many([j.key for j in jobs])
+        out: dict[int, dict] = {}
+        for job in jobs:
+            e = found.get(job.key)
+            out.setdefault(job.sample_ids[0], {})[job.task] = e.text if e and e.status != "failed" else None
+        frame = pd.DataFrame.from_dict(out, orient="index")
+        frame.index.name = "sample_id"
+        return frame.reset_index()
+
+    def _execute(self, jobs: list[_Job], stage: str, progress: bool) -> RunSummary:
+        # identical prompts (two samples with the same history and candidate) are generated once
+        unique: dict[str, _Job] = {}
+        for job in jobs:
+            unique.setdefault(job.key, job)
+        summary = RunSummary(stage, requested=len(unique))
+        present = self.store.get_many(list(unique), include_failed=not self.cfg.retry_failed)
+        summary.cached = len(present)
+        pending = [j for k, j in unique.items() if k not in present]
+        if not pending:
+            return summary
+        batches = self._batches(pending)
+        started = time.perf_counter()
+        bar = tqdm(total=len(pending), desc=stage, unit="gen", disable=not progress, smoothing=0.05)
+        for batch in batches:
+            groups = self._group(batch)
+            try:
+                results = self.backend.generate_groups([[j.prompt for j in g] for g in groups], batch[0].params)
+            except Exception as err:  # a whole batch failing (server down) must not lose earlier batches
+                summary.errors += len(batch)
+                bar.write(f"{stage}: batch of {len(batch)} failed: {type(err).__name__}: {err}")
+                bar.update(len(batch))
+                continue
+            entries = []
+            for group, outs in zip(groups, results):
+                for job, gen in zip(group, outs):
+                    entry = self._entry(job, gen)
+                    if entry is None:
+                        summary.errors += 1
+                        continue
+                    entries.append(entry)
+                    summary.generated += 1
+                    summary.new_tokens += gen.tokens
+                    summary.prompt_tokens += gen.prompt_tokens
+                    summary.repaired += entry.status == "repaired"
+                    summary.failed += entry.status == "failed"
+            self.store.put_many(entries)
+            bar.update(len(batch))
+            summary.seconds = time.perf_counter() - started
+            bar.set_postfix(rate=f"{summary.per_second:.2f}/s", failed=summary.failed)
+        bar.close()
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _batches(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Batches of whole groups with equal decoding params, in order of prompt length."""
+        by_group: dict[tuple, list[_Job]] = {}
+        for job in jobs:
+            by_group.setdefault((job.params, job.group, job.task in _PAIRED), []).append(job)
+        ordered = sorted(by_group.values(), key=lambda g: (repr(g[0].params), len(g[0].prompt.canonical())))
+        batches, current, size = [], [], 0
+        for group in ordered:
+            if current and (size >= self.cfg.batch_size or group[0].params != current[0].params):
+                batches.append(current)
+                current, size = [], 0
+            current.extend(group)
+            size += 1
+        if current:
+            batches.append(current)
+        return batches
+
+    @staticmethod
+    def _group(batch: list[_Job]) -> list[list[_Job]]:
+        groups: dict[tuple, list[_Job]] = {}
+        for job in batch:
+            groups.setdefault((job.group, job.task in _PAIRED), []).append(job)
+        return list(groups.values())
+
+    def _entry(self, job: _Job, gen: Generation) -> Entry | None:
+        if gen.finish_reason == "error":
+            return None
+        if job.task == "direct":
+            cleaned = _parse_rating(gen.text)
+        else:
+            cleaned = clean(job.prompt.prefix, gen.text, gen.finish_reason,
+                            min_words=1 if job.task in ("aspects", "profile") else 3)
+        status = "failed" if not cleaned.ok else ("repaired" if cleaned.repairs else "ok")
+        tags = ",".join(cleaned.repairs + ([cleaned.reason] if cleaned.reason else []))
+        return Entry(job.key, self.model_id, job.template_id, job.task, cleaned.text, gen.text, status, tags,
+                     gen.tokens, gen.prompt_tokens, time.time())
+
+
+_PAIRED = {t for pair in PAIRED_TASKS for t in pair}
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _parse_rating(text: str) -> Cleaned:
+    m = _NUMBER.search(text)
+    if not m:
+        return Cleaned("", False, [], "no_number")
+    value = float(m.group())
+    if not 1 <= value <= 5:
+        return Cleaned(m.group(), False, [], "out_of_range")
+    return Cleaned(m.group(), True, [] if text.strip() == m.group() else ["extracted_number"])

@@ -1,0 +1,128 @@
+"""What every model shares: the config, the explanation input, field embeddings, an MLP, the registry.
+
+Every model maps a batch (see `reasonrec.train.features`) to one logit per sample. Explanations
+are optional for every model: with `expl_dim > 0` the batch's `expl_pos`/`expl_neg` vectors are
+projected to the model's embedding width and used as two more fields, so "model X with reasons"
+is a flag, not a new model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    n_users: int
+    n_items: int
+    history_len: int = 5
+    ctx: list = field(default_factory=list)            # cardinality per context field
+    user_fields: list = field(default_factory=list)    # cardinality per categorical user field
+    item_fields: list = field(default_factory=list)
+    n_categories: int = 1
+    embed_dim: int = 8                                 # LR-Recsys: 8-d everywhere
+    expl_dim: int = 0                                  # width of incoming explanation vectors; 0 = none
+    expl_mode: str = "text"                            # text | free (Ablation 1: learnable vectors instead)
+    expl_slots: int = 2                                # 2 = positive + negative; 1 = one text (variants)
+    side_features: bool = True                         # use user/item side fields where the model can
+    mlp: tuple = (64, 8)
+    dropout: float = 0.0
+    extra: dict = field(default_factory=dict)          # model-specific knobs (heads, layers, ...)
+
+    @property
+    def uses_explanations(self) -> bool:
+        return self.expl_dim > 0 or self.expl_mode == "free"
+
+
+EXPL_KEYS = ("expl_pos", "expl_neg")
+
+
+class ExplanationInput(nn.Module):
+    """Explanation embeddings -> `slots` d-wide vectors (B, slots, d); slot 0 reads `expl_pos`,
+    slot 1 `expl_neg`.
+
+    mode "text": a linear projection of the given vectors (identity-initialised when widths match,
+    so the paper's 8-d autoencoder codes enter unchanged at the start).
+    mode "free": LR-Recsys Ablation 1 — the same number of free learnable parameters, no text.
+    """
+
+    def __init__(self, in_dim: int, d: int, mode: str = "text", slots: int = 2):
+        super().__init__()
+        self.mode, self.slots = mode, slots
+        if mode == "free":
+            self.free = nn.Parameter(torch.randn(slots, d) * 0.1)
+        else:
+            self.proj = nn.ModuleList(nn.Linear(in_dim, d) for _ in range(slots))
+            if in_dim == d:
+                for lin in self.proj:
+                    nn.init.eye_(lin.weight)
+                    nn.init.zeros_(lin.bias)
+
+    def forward(self, batch: dict, batch_size: int) -> torch.Tensor:
+        if self.mode == "free":
+            return self.free.unsqueeze(0).expand(batch_size, -1, -1)
+        return torch.stack([lin(batch[key]) for lin, key in zip(self.proj, EXPL_KEYS)], dim=1)
+
+
+class SideFields(nn.Module):
+    """Categorical context/user/item fields and item categories -> (B, F, d), one row per field."""
+
+    def __init__(self, cfg: ModelConfig, d: int, include_ctx: bool = True):
+        super().__init__()
+        cards = (list(cfg.ctx) if include_ctx else [])
+        if cfg.side_features:
+            cards += list(cfg.user_fields) + list(cfg.item_fields)
+        self.include_ctx = include_ctx
+        self.side = cfg.side_features
+        self.tables = nn.ModuleList(nn.Embedding(max(c, 2), d) for c in cards)
+        self.cats = nn.EmbeddingBag(max(cfg.n_categories, 2), d, mode="mean", padding_idx=0) if cfg.side_features else None
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.tables) + (1 if self.cats is not None else 0)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        codes = []
+        if self.include_ctx:
+            codes.append(batch["ctx"])
+        if self.side:
+            codes += [batch["user_feats"], batch["item_feats"]]
+        cols = torch.cat(codes, dim=1) if codes else batch["user"].new_zeros(len(batch["user"]), 0)
+        out = [table(cols[:, i]) for i, table in enumerate(self.tables)]
+        if self.cats is not None:
+            out.append(self.cats(batch["item_cats"]))
+        if not out:
+            return torch.zeros(len(batch["user"]), 0, 1)
+        return torch.stack(out, dim=1)
+
+
+def mlp(in_dim: int, hidden: tuple, out_dim: int | None = 1, dropout: float = 0.0) -> nn.Sequential:
+    layers, width = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    if out_dim is not None:
+        layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+MODELS: dict[str, str] = {
+    # name -> "module:Class"; imported lazily so one model's bug never breaks the others
+    "lr-recsys": "reasonrec.models.lr_recsys:LRRecsysNet",
+}
+
+
+def build_model(name: str, cfg: ModelConfig) -> nn.Module:
+    import importlib
+
+    from reasonrec.errors import ReasonrecError
+
+    if name not in MODELS:
+        raise ReasonrecError(f"unknown model '{name}'; choose one of {sorted(MODELS)}")
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)

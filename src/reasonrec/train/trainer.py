@@ -1,0 +1,159 @@
+"""The fit/evaluate loop shared by every model: Adam, mini-batches, early stopping on validation.
+
+Early stopping and model selection only ever look at the validation split; the test split is
+scored once, by the caller, with the restored best weights. Classification trains on BCE with
+the label; regression on MSE with the rating mapped to [0, 1] through a sigmoid output (so
+predictions stay on the rating scale), reported back on the original scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from reasonrec.train.features import TensorData
+from reasonrec.train.metrics import SELECTION, metrics_for
+
+
+@dataclass
+class TrainConfig:
+    task: str = "classification"     # classification (rating >= threshold) | regression (the rating)
+    lr: float = 0.01                 # LR-Recsys appendix 8.3
+    batch_size: int = 128
+    epochs: int = 100
+    patience: int = 5                # epochs without validation improvement before stopping
+    weight_decay: float = 0.0
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_dir: str | None = None  # saves the best weights + state each epoch; resumes from it
+    progress: bool = False
+
+
+@dataclass
+class FitResult:
+    best_epoch: int = 0
+    best_valid: dict = field(default_factory=dict)
+    epochs_run: int = 0
+    seconds: float = 0.0
+    seconds_per_epoch: float = 0.0
+    history: list = field(default_factory=list)
+
+
+def seed_everything(seed: int, threads: int | None = None):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def target(batch: dict, task: str, scale: tuple[float, float]) -> torch.Tensor:
+    if task == "classification":
+        return batch["label"]
+    return (batch["rating"] - scale[0]) / (scale[1] - scale[0])
+
+
+def loss_fn(task: str):
+    return nn.BCEWithLogitsLoss() if task == "classification" else _SigmoidMSE()
+
+
+class _SigmoidMSE(nn.Module):
+    def forward(self, logits, y):
+        return torch.mean((torch.sigmoid(logits) - y) ** 2)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: TensorData, task: str, scale=(1.0, 5.0), batch_size: int = 4096,
+            return_attention: bool = False):
+    """Probabilities (classification) or ratings on the original scale (regression)."""
+    model.eval()
+    preds, attns = [], []
+    for batch in data.batches(batch_size):
+        p = torch.sigmoid(model(batch))
+        preds.append(p)
+        if return_attention and getattr(model, "last_attention", None) is not None:
+            attns.append(model.last_attention)
+    out = torch.cat(preds).numpy().astype("float64")
+    if task == "regression":
+        out = scale[0] + out * (scale[1] - scale[0])
+    if return_attention:
+        return out, (torch.cat(attns).numpy() if attns else None)
+    return out
+
+
+def evaluate(model, data: TensorData, task: str, scale=(1.0, 5.0)) -> dict:
+    pred = predict(model, data, task, scale)
+    y = data.tensors["label" if task == "classification" else "rating"].numpy()
+    return metrics_for(task, y, pred, scale)
+
+
+def fit(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig,
+        scale: tuple[float, float] = (1.0, 5.0)) -> FitResult:
+    seed_everything(cfg.seed, cfg.threads)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    criterion = loss_fn(cfg.task)
+    metric, larger_is_better = SELECTION[cfg.task]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    result = FitResult()
+    best_state, best_score, start_epoch, bad_epochs = None, None, 0, 0
+
+    ckpt = Path(cfg.checkpoint_dir) / "checkpoint.pt" if cfg.checkpoint_dir else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        best_state, best_score, start_epoch, bad_epochs = state["best_state"], state["best_score"], state["epoch"], state["bad_epochs"]
+        result = FitResult(**state["result"])
+
+    started = time.perf_counter() - result.seconds
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not cfg.progress, leave=False)
+    for epoch in bar:
+        model.train()
+        total, seen = 0.0, 0
+        for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen):
+            opt.zero_grad(set_to_none=True)
+            loss = criterion(model(batch), target(batch, cfg.task, scale))
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(batch["user"])
+            seen += len(batch["user"])
+        scores = evaluate(model, valid, cfg.task, scale)
+        result.history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), **{f"valid_{k}": v for k, v in scores.items()}})
+        score = scores[metric]
+        improved = best_score is None or (score > best_score if larger_is_better else score < best_score)
+        if improved:
+            best_score, best_state, bad_epochs = score, copy.deepcopy(model.state_dict()), 0
+            result.best_epoch, result.best_valid = epoch + 1, scores
+        else:
+            bad_epochs += 1
+        result.epochs_run = epoch + 1
+        result.seconds = time.perf_counter() - started
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", **{metric: f"{score:.4f}"})
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                        "best_state": best_state, "best_score": best_score, "epoch": epoch + 1,
+                        "bad_epochs": bad_epochs, "result": asdict(result)}, tmp)
+            tmp.replace(ckpt)
+        if bad_epochs >= cfg.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - started
+    result.seconds_per_epoch = result.seconds / max(result.epochs_run - start_epoch, 1)
+    return result
+
+
+def save_json(obj, path: Path):
+    path.write_text(json.dumps(obj, indent=2, default=float))

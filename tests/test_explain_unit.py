@@ -1,0 +1,147 @@
+"""Templates, clean-up, the store and the explanation job's control flow (FakeLLM; no model)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from reasonrec.data.prepare import PrepareConfig, prepare
+from reasonrec.data.readers import read
+from reasonrec.errors import ReasonrecError
+from reasonrec.explain.cleanup import clean, first_sentence
+from reasonrec.explain.generate import ExplainConfig, Explainer
+from reasonrec.explain.store import Entry, ExplanationStore, make_key
+from reasonrec.explain.templates import DOMAINS, load_templates
+from reasonrec.llm.base import GenerationParams, Prompt
+from tests.fakes import FakeLLM
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return prepare(read("ml-100k"), PrepareConfig(max_users=4, last_n_per_user=6))
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_every_domain_renders_every_task(domain):
+    t = load_templates(domain)
+    assert {"positive", "negative", "aspects", "general", "summary", "alt_positive", "alt_negative",
+            "direct"} <= set(t.tasks)
+    for task in t.tasks:
+        p = t.render(task, ["first item profile", "second item profile"], "the candidate profile")
+        text = p.messages[-1][1]
+        assert "first item profile" in text and "{" not in text
+    prof = t.profile_prompt({"item_id": "7", "title": "Thing", "categories": "A, B"}, max_words=20)
+    assert "20 words" in prof.messages[-1][1] and prof.prefix == "Thing is"
+    assert t.template_id("positive") == f"{domain}/positive@v{t.version}"
+
+
+def test_positive_and_negative_share_a_long_prefix():
+    t = load_templates("movie")
+    history = [f"profile of movie {i} " * 5 for i in range(5)]
+    pos = t.render("positive", history, "cand").messages[-1][1]
+    neg = t.render("negative", history, "cand").messages[-1][1]
+    common = 0
+    while pos[common] == neg[common]:
+        common += 1
+    assert common > 0.8 * len(pos[:pos.index("cand")])
+
+
+def test_unknown_variant_and_domain_are_clear():
+    with pytest.raises(ReasonrecError, match="unknown variant 'nope'"):
+        load_templates("movie").variant_tasks("nope")
+    with pytest.raises(ReasonrecError, match="no prompt templates for domain 'cars'"):
+        load_templates("cars")
+
+
+@pytest.mark.parametrize("cont, want, repairs, ok", [
+    (" the consumer loves comedy. And then more.", "The consumer watched this movie because the consumer loves comedy.",
+     ["kept_first_sentence"], True),
+    (" The consumer watched this movie because it is funny.", "The consumer watched this movie because it is funny.",
+     ["stripped_echo"], True),
+    (" Explanation: it is good fun for kids", "The consumer watched this movie because it is good fun for kids.",
+     ["stripped_label", "added_period"], True),
+    (" the movie the movie the movie the movie is great", "The consumer watched this movie because the movie.",
+     ["cut_repetition", "added_period"], False),
+    ("", "The consumer watched this movie because", [], False),
+    (" Dr. Smith directs it well.", "The consumer watched this movie because Dr. Smith directs it well.", [], True),
+])
+def test_clean(cont, want, repairs, ok):
+    out = clean("The consumer watched this movie because", cont)
+    assert out.text == want
+    assert out.ok is ok
+    for r in repairs:
+        assert r in out.repairs
+
+
+def test_first_sentence_keeps_abbreviations():
+    assert first_sentence("It stars Mr. Bean. Then")[0] == "It stars Mr. Bean."
+
+
+def test_store_is_durable_and_exports(tmp_path):
+    store = ExplanationStore(tmp_path / "s.sqlite")
+    p = Prompt.user("hello", prefix="Hi")
+    k1 = make_key("m", "movie/positive@v1", p, GenerationParams())
+    k2 = make_key("m", "movie/positive@v1", p, GenerationParams(max_new_tokens=10))
+    k3 = make_key("m2", "movie/positive@v1", p, GenerationParams())
+    assert len({k1, k2, k3}) == 3, "model and decoding params must change the key"
+    store.put_many([Entry(k1, "m", "t", "positive", "Hi there.", " there.", "ok")])
+    store.close()
+    again = ExplanationStore(tmp_path / "s.sqlite")
+    assert again.get_many([k1, k2])[k1].text == "Hi there."
+    n = again.export_parquet(tmp_path / "x.parquet")
+    fresh = ExplanationStore(tmp_path / "t.sqlite")
+    assert n == 1 and fresh.import_parquet(tmp_path / "x.parquet") == 1
+    assert fresh.import_parquet(tmp_path / "x.parquet") == 0
+
+
+def test_job_generates_once_and_resumes(tiny, tmp_path):
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    t = load_templates("movie")
+    llm = FakeLLM()
+    ex = Explainer(llm, store, t, ExplainConfig(batch_size=5))
+    summaries = ex.run(tiny.samples, tiny.items, progress=False)
+    prof, expl = summaries
+    n_items = len(set(tiny.samples.item_id) | {i for h in tiny.samples.history for i in h})
+    assert prof.generated == n_items
+    assert expl.requested == expl.generated <= 2 * len(tiny.samples)
+    # the second run sends nothing: everything is cached
+    sent = len(llm.prompts)
+    again = ex.run(tiny.samples, tiny.items, progress=False)
+    assert len(llm.prompts) == sent
+    assert again[1].cached == expl.requested and again[1].generated == 0
+    table = ex.lookup(tiny.samples, tiny.items)
+    assert len(table) == len(tiny.samples)
+    assert table["positive"].str.startswith("The consumer watched this movie because").all()
+    assert table["negative"].str.startswith("The consumer did not watch this movie because").all()
+    # history items are described by their profiles in the prompts
+    assert any("is the consumer likes item" in p.messages[-1][1] for p in llm.prompts[n_items:])
+
+
+def test_backend_errors_are_retried_on_the_next_run(tiny, tmp_path):
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    llm = FakeLLM(fail_every=7)
+    ex = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False, batch_size=4))
+    first = ex.run(tiny.samples, tiny.items, progress=False)[0]
+    assert first.errors > 0 and first.generated + first.errors == first.requested
+    llm.fail_every = 0
+    second = ex.run(tiny.samples, tiny.items, progress=False)[0]
+    assert second.generated == first.errors and second.cached == first.generated
+
+
+def test_bad_generations_are_marked_not_crashing(tiny, tmp_path):
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    llm = FakeLLM(reply=lambda p: "" if "did not" in p.prefix else " it is a fine film.")
+    ex = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False))
+    s = ex.run(tiny.samples, tiny.items, progress=False)[0]
+    assert s.failed == s.generated // 2
+    table = ex.lookup(tiny.samples, tiny.items)
+    assert table["negative"].isna().all() and table["positive"].notna().all()
+
+
+def test_direct_variant_parses_ratings(tiny, tmp_path):
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    llm = FakeLLM(reply=lambda p: " 4 stars")
+    ex = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False, variant="direct"))
+    ex.run(tiny.samples, tiny.items, progress=False)
+    table = ex.lookup(tiny.samples, tiny.items)
+    assert (table["direct"] == "4").all()

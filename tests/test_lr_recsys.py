@@ -1,0 +1,120 @@
+"""LR-Recsys pieces: the autoencoder, the DNN's shapes and attention, the estimator round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import reasonrec
+from reasonrec.data.prepare import PrepareConfig, prepare
+from reasonrec.data.readers import read
+from reasonrec.encode.autoencoder import AutoencoderConfig, AutoencoderEncoder
+from reasonrec.estimator import LRRecsys, Recommender
+from reasonrec.models.base import ModelConfig
+from reasonrec.models.lr_recsys import LRRecsysNet
+from reasonrec.train.features import Featurizer
+
+WORDS = ["comedy", "drama", "action", "family", "romance", "thriller", "funny", "dark", "long", "classic"]
+
+
+def synthetic_explanations(samples: pd.DataFrame, informative: bool = True) -> pd.DataFrame:
+    """Texts whose words depend on the label (or not): a controlled signal for the pipeline tests."""
+    rng = np.random.default_rng(0)
+    pos, neg = [], []
+    for label in samples["label"]:
+        a = rng.choice(WORDS[:5] if (label and informative) else WORDS[5:], 3)
+        b = rng.choice(WORDS[5:] if (label and informative) else WORDS[:5], 3)
+        pos.append("the consumer likes " + " ".join(a))
+        neg.append("the consumer dislikes " + " ".join(b))
+    return pd.DataFrame({"sample_id": samples["sample_id"], "positive": pos, "negative": neg})
+
+
+@pytest.fixture(scope="module")
+def small():
+    return prepare(read("ml-100k"), PrepareConfig(max_users=120, last_n_per_user=30))
+
+
+def test_autoencoder_reconstruction_improves():
+    texts = [f"the consumer likes {a} and {b} movies" for a in WORDS for b in WORDS] * 3
+    enc = AutoencoderEncoder(AutoencoderConfig(epochs=15, patience=15, min_count=1))
+    ids = None
+    enc.fit(texts[:250], texts[250:])
+    hist = enc.history
+    assert hist[-1]["valid_loss"] < 0.5 * hist[0]["valid_loss"]
+    assert hist[-1]["valid_word_acc"] > hist[0]["valid_word_acc"]
+    codes = enc.encode(texts[:4])
+    assert codes.shape == (4, 8) and np.isfinite(codes).all()
+
+
+def test_vocabulary_comes_from_train_split_only(small):
+    expl = synthetic_explanations(small.samples)
+    test_ids = small.samples.loc[small.samples.split == "test", "sample_id"]
+    expl.loc[expl.sample_id.isin(test_ids), "positive"] = "zyzzyva quokka"  # words only test samples have
+    rec = LRRecsys(epochs=2, encoder_options={"epochs": 2, "min_count": 1})
+    rec.fit(small, expl)
+    assert "zyzzyva" not in rec.encoder.vocab and "quokka" not in rec.encoder.vocab
+    assert "comedy" in rec.encoder.vocab
+
+
+def test_dnn_shapes_and_attention(small):
+    fz = Featurizer(side_features=False).fit(small.samples[small.samples.split == "train"], small.items, small.users)
+    data = fz.transform(small.samples.head(16), small.items, small.users,
+                        (np.random.rand(16, 8).astype("float32"), np.random.rand(16, 8).astype("float32")))
+    cfg = ModelConfig(**fz.spec.cardinalities(), expl_dim=8, side_features=False)
+    net = LRRecsysNet(cfg)
+    batch = next(data.batches(16))
+    logits = net(batch)
+    assert logits.shape == (16,)
+    attn = net.last_attention
+    assert attn.shape == (16, 6, 6)
+    assert torch.allclose(attn.sum(-1), torch.ones(16, 6), atol=1e-5)
+    shares = LRRecsysNet.attention_shares(attn)
+    assert torch.allclose(shares.sum(-1), torch.ones(16), atol=1e-5)
+    assert net.input_names == ["pos", "neg", "user", "item", "seq", "context"]
+
+
+def test_overfits_a_batch(small):
+    fz = Featurizer().fit(small.samples[small.samples.split == "train"], small.items, small.users)
+    data = fz.transform(small.samples.head(64), small.items, small.users,
+                        (np.random.rand(64, 8).astype("float32"), np.random.rand(64, 8).astype("float32")))
+    net = LRRecsysNet(ModelConfig(**fz.spec.cardinalities(), expl_dim=8))
+    batch = next(data.batches(64))
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    first = None
+    for _ in range(300):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(batch), batch["label"])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+
+
+def test_informative_explanations_are_learned_and_bundle_round_trips(small, tmp_path):
+    expl = synthetic_explanations(small.samples)
+    rec = LRRecsys(epochs=30, patience=5, encoder_options={"epochs": 30, "min_count": 1})
+    rec.fit(small, expl)
+    with_text = rec.evaluate(small, expl)["auc"]
+    assert with_text > 0.9, "a label-revealing explanation must be usable by the model"
+    rec.save(tmp_path / "b")
+    back = reasonrec.load(tmp_path / "b")
+    test = small.samples[small.samples.split == "test"]
+    np.testing.assert_array_equal(rec.predict(test, expl), back.predict(test, expl))
+    out = back.explain(test.user_id.iloc[0], test.item_id.iloc[0])
+    assert set(out["attention"]) == {"pos", "neg", "user", "item", "seq", "context"}
+    assert abs(sum(out["attention"].values()) - 1) < 1e-3
+    assert out["explanations"]["positive"].startswith("the consumer likes")
+    cold = back.explain("no-such-user", test.item_id.iloc[0])
+    assert cold["known_user"] is False and cold["has_explanations"] is False
+
+
+def test_free_vectors_and_regression(small):
+    free = Recommender(model="lr-recsys", explanations="free", epochs=3).fit(small)
+    assert 0.4 < free.evaluate(small)["auc"] < 1.0
+    reg = Recommender(model="lr-recsys", explanations="none", task="regression", epochs=3).fit(small)
+    m = reg.evaluate(small)
+    assert 0.5 < m["rmse"] < 2.0 and m["rmse_norm"] == pytest.approx(m["rmse"] / 4)
+    preds = reg.predict(small.samples.head(20))
+    assert ((preds >= 1) & (preds <= 5)).all()
