@@ -120,6 +120,58 @@ def explain(
         summary_json.write_text(json.dumps([s.as_dict() for s in summaries], indent=2))
 
 
+@app.command("train")
+def train(
+    dataset: str = typer.Option("ml-100k-bench", help="prepared dataset directory or name under artifacts/data/"),
+    model: str = typer.Option("lr-recsys", help="lr-recsys | ncf | deepfm | dcnv2 | din | gru4rec | sasrec | bert4rec | "
+                                                "fat | apg | optfusion"),
+    task: str = typer.Option("classification", help="classification (rating >= threshold) | regression (the rating)"),
+    with_explanations: Optional[bool] = typer.Option(None, "--with-explanations/--without-explanations",
+                                                     help="feed explanation embeddings [default: on for lr-recsys]"),
+    free_vectors: bool = typer.Option(False, help="Ablation 1: free learnable vectors in place of explanations"),
+    encoder: str = typer.Option("autoencoder", help="autoencoder (the paper's) | sentence (MiniLM) | llm (hidden states)"),
+    llm: str = typer.Option("embedded", help="whose explanations to read from the store"),
+    variant: str = typer.Option("contrastive"),
+    profiles: bool = typer.Option(True, help="explanations written with item profiles (the CoT step)"),
+    side_features: Optional[bool] = typer.Option(None, help="use genres/year/age/... [default: off for lr-recsys, "
+                                                            "on for the zoo]"),
+    seeds: str = typer.Option("0", help="comma-separated seeds; several print mean ± std"),
+    lr: Optional[float] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+    epochs: Optional[int] = typer.Option(None), patience: Optional[int] = typer.Option(None),
+    embed_dim: Optional[int] = typer.Option(None),
+    store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    out: Optional[Path] = typer.Option(None, help="save the bundle(s) here [default: artifacts/models/<model>]"),
+    progress: bool = typer.Option(True),
+):
+    """Train a recommender (optionally reading explanations from the store) and report test metrics."""
+    from reasonrec.data.prepare import load_prepared
+    from reasonrec.estimator import RecommenderConfig
+    from reasonrec.pipeline import load_explanations, mean_std, run_seeds
+
+    data = load_prepared(_dataset_dir(dataset))
+    use_text = (model == "lr-recsys") if with_explanations is None else with_explanations
+    cfg = RecommenderConfig(model=model, task=task, encoder=encoder,
+                            explanations="free" if free_vectors else ("text" if use_text else "none"),
+                            side_features=(model != "lr-recsys") if side_features is None else side_features)
+    cfg.train.task = task
+    for key, value in {"lr": lr, "batch_size": batch_size, "epochs": epochs, "patience": patience}.items():
+        if value is not None:
+            setattr(cfg.train, key, value)
+    if embed_dim is not None:
+        cfg.embed_dim = embed_dim
+    table = None
+    if cfg.explanations == "text":
+        table, info = load_explanations(data, llm, variant, profiles, store)
+        cfg.text_columns, cfg.strip_prefixes = info["text_columns"], info["strip_prefixes"]
+        typer.echo(f"explanations: {variant} from {info['model_id']}, coverage {info['coverage']:.1%}")
+    seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    frame = run_seeds(data, cfg, seed_list, table, out or Path("artifacts") / "models" / model, progress)
+    metrics = ["test_auc", "test_logloss"] if task == "classification" else ["test_rmse", "test_mae", "test_rmse_norm", "test_mae_norm"]
+    typer.echo(frame[["seed", *metrics, "best_epoch", "seconds_per_epoch"]].to_string(index=False))
+    for name, (mean, std) in mean_std(frame, metrics).items():
+        typer.echo(f"{name}: {mean:.4f} ± {std:.4f}")
+
+
 cache_app = typer.Typer(help="Share and inspect the explanation store.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

@@ -23,7 +23,7 @@ from reasonrec.encode import get_encoder, load_encoder, save_encoder
 from reasonrec.errors import ReasonrecError
 from reasonrec.models.base import ModelConfig, build_model
 from reasonrec.train.features import Featurizer, FeatureSpec, TensorData
-from reasonrec.train.trainer import FitResult, TrainConfig, evaluate, fit, predict
+from reasonrec.train.trainer import FitResult, TrainConfig, evaluate, fit, predict, seed_everything
 
 BUNDLE_VERSION = 1
 
@@ -75,6 +75,7 @@ class Recommender:
         self.texts: pd.DataFrame | None = None    # sample texts kept for .explain()
         self.user_history: dict[str, list[str]] = {}
         self.items: pd.DataFrame | None = None
+        self.domain = "movie"
 
     # --- data plumbing ---------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Recommender:
         self.encoder_seconds = time.perf_counter() - started
         train_t = self._tensors(train, data.items, data.users, explanations)
         valid_t = self._tensors(valid, data.items, data.users, explanations)
+        seed_everything(cfg.train.seed, cfg.train.threads)  # weights are initialised here: seed first
         self.model = self._build()
         cfg.train.progress = progress
         self.fit_result = fit(self.model, train_t, valid_t, cfg.train, scale)
@@ -155,6 +157,7 @@ class Recommender:
         last = s.sort_values("timestamp", kind="stable").groupby("user_id").tail(1)
         self.user_history = {u: (list(h) + [i])[-5:] for u, h, i in zip(last["user_id"], last["history"], last["item_id"])}
         self.items = data.items[["item_id", "title"]].copy()
+        self.domain = data.card.get("domain", "movie")
         self._users = data.users
         self._items_full = data.items
 
@@ -217,6 +220,7 @@ class Recommender:
         path.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.config)
         (path / "bundle.json").write_text(json.dumps({"bundle_version": BUNDLE_VERSION, "config": cfg,
+                                                      "domain": self.domain,
                                                       "fit": asdict(self.fit_result) if self.fit_result else None},
                                                      indent=2, default=str))
         self.featurizer.spec.save(path / "features.json")
@@ -251,6 +255,7 @@ class Recommender:
         rec._users = pd.read_parquet(path / "users.parquet")
         rec.items = rec._items_full[["item_id", "title"]]
         rec.user_history = json.loads((path / "user_history.json").read_text())
+        rec.domain = meta.get("domain", "movie")
         return rec
 
 

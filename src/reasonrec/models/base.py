@@ -114,6 +114,16 @@ def mlp(in_dim: int, hidden: tuple, out_dim: int | None = 1, dropout: float = 0.
 MODELS: dict[str, str] = {
     # name -> "module:Class"; imported lazily so one model's bug never breaks the others
     "lr-recsys": "reasonrec.models.lr_recsys:LRRecsysNet",
+    "ncf": "reasonrec.models.ncf:NCF",
+    "deepfm": "reasonrec.models.deepfm:DeepFM",
+    "dcnv2": "reasonrec.models.dcnv2:DCNv2",
+    "din": "reasonrec.models.din:DIN",
+    "gru4rec": "reasonrec.models.gru4rec:GRU4Rec",
+    "sasrec": "reasonrec.models.sasrec:SASRec",
+    "bert4rec": "reasonrec.models.bert4rec:BERT4Rec",
+    "fat": "reasonrec.models.fat:FAT",
+    "apg": "reasonrec.models.apg:APG",
+    "optfusion": "reasonrec.models.optfusion:OptFusion",
 }
 
 

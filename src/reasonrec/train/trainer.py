@@ -33,7 +33,7 @@ class TrainConfig:
     patience: int = 5                # epochs without validation improvement before stopping
     weight_decay: float = 0.0
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = 1          # tiny models: one thread beats two on a small, shared CPU
     checkpoint_dir: str | None = None  # saves the best weights + state each epoch; resumes from it
     progress: bool = False
 
