@@ -172,6 +172,60 @@ def train(
         typer.echo(f"{name}: {mean:.4f} ± {std:.4f}")
 
 
+@app.command("serve")
+def serve_cmd(
+    bundle: Path = typer.Option(..., help="model bundle directory (from `reasonrec train`)"),
+    store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    llm: Optional[str] = typer.Option(None, help="backend for the explanation worker (embedded | openai:MODEL@URL); "
+                                                 "none = serve only what is precomputed"),
+    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+    top_n: int = typer.Option(20, help="candidates explained per user after an event"),
+    batch_size: int = typer.Option(8, help="pairs per LLM batch"),
+    domain: Optional[str] = typer.Option(None), profiles: bool = typer.Option(True),
+    threads: int = typer.Option(1, help="torch threads on the request path"),
+    jit: bool = typer.Option(True, help="serve a verified TorchScript trace of the model"),
+):
+    """Serve /v1/score, /v1/recommend, /v1/events, /healthz and /metrics over a bundle."""
+    from reasonrec.serve import serve
+
+    serve(bundle, host, port, store=store, llm=llm, domain=domain, top_n=top_n, batch_size=batch_size,
+          profiles=profiles, torch_threads=threads, jit=jit)
+
+
+@app.command("precompute")
+def precompute_cmd(
+    bundle: Path = typer.Option(...), store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    llm: str = typer.Option("embedded"), users: Optional[list[str]] = typer.Option(None, help="[default: all]"),
+    top_n: int = typer.Option(20), batch_size: int = typer.Option(16), domain: Optional[str] = typer.Option(None),
+    profiles: bool = typer.Option(True), max_seconds: Optional[float] = typer.Option(None),
+):
+    """Fill the store with explanations for each user's top-N candidates (resumable)."""
+    from reasonrec.serve import precompute
+
+    typer.echo(json.dumps(precompute(bundle, store, llm, users=users or None, top_n=top_n, batch_size=batch_size,
+                                     domain=domain, profiles=profiles, max_seconds=max_seconds), indent=2))
+
+
+bench_app = typer.Typer(help="Benchmarks: throughput, serving latency, the paper's tables.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    bundle: Optional[Path] = typer.Option(None, help="[default: build a small synthetic bundle]"),
+    levels: str = typer.Option("1,2,4,8,16"), max_requests: int = typer.Option(2000),
+    max_seconds: float = typer.Option(20.0), candidates: int = typer.Option(100),
+    out: Path = typer.Option(Path("artifacts/bench/serve/results.json")),
+):
+    """Loopback load on /v1/score: p50/p99 per concurrency, and the throughput where p99 < 10 ms."""
+    from reasonrec.bench.serve_load import build_bench_bundle, run_serve_bench
+
+    if bundle is None:
+        bundle = build_bench_bundle(out.parent / "bundle")
+    run_serve_bench(bundle, levels=tuple(int(x) for x in levels.split(",")), max_requests=max_requests,
+                    max_seconds=max_seconds, candidates=candidates, out=out, echo=typer.echo)
+
+
 cache_app = typer.Typer(help="Share and inspect the explanation store.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

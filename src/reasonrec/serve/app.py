@@ -1,0 +1,429 @@
+"""The HTTP service: `create_app(bundle_dir, store_path, llm=...)` and `serve(...)` (uvicorn).
+
+  POST /v1/score       user + candidates -> scores, explanation texts, attention shares
+  POST /v1/recommend   user (+ pool, k) -> top-k with reasons
+  POST /v1/events      a new interaction: durable log, new history, explanation refresh queued
+  GET  /v1/users/{id}  a user's current history and explanation counts
+  GET  /healthz, /metrics (Prometheus), /openapi.json, /docs
+
+The request path never waits on the LLM: it reads the in-memory index (see `index.py`); pairs
+without a written explanation are answered at once, flagged `pending` (queued) or `unavailable`.
+The worker thread (see `worker.py`) fills the store in the background and swaps new explanation
+vectors into the index. Errors: 4xx with a message for bad input, a generic 500 (details logged
+here, never sent) for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Path as PathParam, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reasonrec.serve import schemas as S
+from reasonrec.serve.events import StateDB
+from reasonrec.serve.index import ServingIndex
+
+log = logging.getLogger("reasonrec.serve")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DEFAULT_STORE = Path("artifacts/store/explanations.sqlite")     # the one `reasonrec explain` writes
+ENDPOINTS = ("/v1/score", "/v1/recommend", "/v1/events", "/healthz", "/metrics", "/openapi.json", "/docs")
+
+
+def default_state_path(store_path: str | Path) -> Path:
+    store_path = Path(store_path)
+    return store_path.with_name(store_path.stem + ".serve.sqlite")
+
+
+try:                                   # 10-20x faster than json for the 20-40 KB score responses
+    import orjson
+
+    def _dumps(content) -> bytes:
+        return orjson.dumps(content)
+except ImportError:                    # pragma: no cover - orjson is in the serve extra
+    def _dumps(content) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class FastJSON(JSONResponse):
+    def render(self, content) -> bytes:
+        return _dumps(content)
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.latency = Histogram("reasonrec_request_duration_seconds", "Request latency inside the server",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.responses = Counter("reasonrec_responses", "Responses by endpoint and status", ["endpoint", "status"],
+                                 registry=r)
+        self.hits = Counter("reasonrec_explanation_cache_hits", "Scored pairs answered with an explanation",
+                            registry=r)
+        self.misses = Counter("reasonrec_explanation_cache_misses", "Scored pairs answered without one",
+                              registry=r)
+        self.queue = Gauge("reasonrec_queue_depth", "Explanation jobs pending", registry=r)
+        self.generated = Counter("reasonrec_worker_generated", "Rows the worker wrote to the store", registry=r)
+        self.failed = Counter("reasonrec_worker_failed", "Generations that failed (backend error or clean-up)",
+                              registry=r)
+        self.jobs = Counter("reasonrec_worker_jobs", "Jobs finished by the worker", ["outcome"], registry=r)
+        self.events = Counter("reasonrec_events", "Interactions logged", registry=r)
+
+    def worker_listener(self, name: str, n: int):
+        if name == "generated":
+            self.generated.inc(n)
+        elif name == "failed":
+            self.failed.inc(n)
+        elif name.startswith("jobs_"):
+            self.jobs.labels(name[5:]).inc(n)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ServingMiddleware:
+    """Plain ASGI (no per-request task): times every request into the histogram, adds a
+    `server-timing` header, and refuses bodies over the limit with 413."""
+
+    def __init__(self, app, metrics: Metrics, max_body: int = S.MAX_BODY_BYTES):
+        self.app, self.metrics, self.max_body = app, metrics, max_body
+
+    @staticmethod
+    def endpoint(path: str) -> str:
+        if path in ENDPOINTS:
+            return path
+        if path.startswith("/v1/users/"):
+            return "/v1/users/{user_id}"
+        return "other"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        endpoint = self.endpoint(scope["path"])
+        status = [500]
+        started_response = [False]
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await self._too_large(send, endpoint, started)
+        seen = [0]
+
+        async def limited_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.max_body:
+                    raise _BodyTooLarge()
+            return message
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                started_response[0] = True
+                took = (time.perf_counter() - started) * 1000
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"server-timing", f"app;dur={took:.3f}".encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, timed_send)
+        except _BodyTooLarge:
+            if not started_response[0]:
+                return await self._too_large(send, endpoint, started)
+            raise
+        finally:
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.responses.labels(endpoint, str(status[0])).inc()
+
+    async def _too_large(self, send, endpoint, started):
+        body = json.dumps({"error": f"request body larger than {self.max_body} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        self.metrics.responses.labels(endpoint, "413").inc()
+
+
+def _bundle_domain(bundle_dir: Path) -> str | None:
+    try:
+        meta = json.loads((bundle_dir / "bundle.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("domain") or meta.get("config", {}).get("domain")
+
+
+ERRORS = {404: {"model": S.ErrorBody}, 413: {"model": S.ErrorBody}, 422: {"model": S.ErrorBody},
+          500: {"model": S.ErrorBody}}
+
+
+def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, state_path: str | Path | None = None,
+               domain: str | None = None, top_n: int = 20, batch_size: int = 8, profiles: bool = True,
+               interaction_reasons: bool = True, start_worker: bool = True, torch_threads: int | None = 1,
+               max_attempts: int = 3, jit: bool = True) -> FastAPI:
+    """The service over a model bundle and an explanation store.
+
+    llm: None (no worker: explanations come only from what is already in the store / bundle, events
+    still queue their jobs durably), a backend object, or a spec string (`embedded`,
+    `openai:MODEL@URL`, `py:module:factory?arg=1`, see `worker.resolve_llm`)."""
+    from reasonrec.estimator import Recommender
+    from reasonrec.explain.store import ExplanationStore
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    bundle_dir = Path(bundle_dir)
+    rec = Recommender.load(bundle_dir)
+    store = ExplanationStore(store_path)
+    state = StateDB(state_path or default_state_path(store_path))
+    index = ServingIndex(rec, state, store, interaction_reasons=interaction_reasons)
+    metrics = Metrics()
+    metrics.queue.set_function(state.depth)
+
+    worker = None
+    backend = None
+    if llm is not None:
+        from reasonrec.explain.templates import load_templates
+        from reasonrec.serve.worker import Worker, resolve_llm
+
+        backend = resolve_llm(llm)
+        if backend is not None and index.uses_text:
+            dom = domain or _bundle_domain(bundle_dir) or "movie"
+            worker = Worker(index, state, store, backend, load_templates(dom), top_n=top_n, batch_size=batch_size,
+                            max_attempts=max_attempts, profiles=profiles)
+            worker.stats.listeners.append(metrics.worker_listener)
+
+    if jit:
+        index.trace()
+    _warm_up(index)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if worker is not None and start_worker:
+            worker.start()
+        yield
+        if worker is not None:
+            worker.stop(timeout=5)
+
+    app = FastAPI(title="reasonrec", version="1", lifespan=lifespan,
+                  description="Explainable recommendations: scores with precomputed LLM reasons.")
+    app.state.index, app.state.state, app.state.store, app.state.worker = index, state, store, worker
+    app.state.metrics = metrics
+    app.add_middleware(ServingMiddleware, metrics=metrics)
+    _install_error_handlers(app)
+
+    task = index.task
+    names = index.input_names
+
+    def items_payload(user: str, item_ids: list[str], scored, order, want_expl: bool, want_attn: bool) -> list[dict]:
+        scores = scored.scores.round(6).tolist()
+        rows = scored.rows.tolist()
+        slots = scored.slots.tolist()
+        shares = None
+        if want_attn and scored.shares is not None:
+            shares = scored.shares[order].astype(np.float64).round(4).tolist()
+        ue = scored.expl
+        pending = index.pending.get(user, ())
+        unknown, codes = index.unknown_row, index.row_code
+        out = []
+        hits = 0
+        for n, k in enumerate(order):
+            row, slot = rows[k], slots[k]
+            item = item_ids[k]
+            entry = {"item_id": item, "score": scores[k], "known_item": bool(codes[row] > 1),
+                     "in_catalog": row != unknown}
+            if slot >= 0:
+                hits += 1
+                entry["reasons"] = "ready"
+                entry["reasons_source"] = ue.sources[slot]
+                entry["explanations"] = ue.texts[slot] if want_expl else None
+            else:
+                entry["reasons"] = "pending" if item in pending else "unavailable"
+                entry["reasons_source"] = None
+                entry["explanations"] = None
+            entry["attention"] = dict(zip(names, shares[n])) if shares is not None else None
+            out.append(entry)
+        if index.uses_text:
+            metrics.hits.inc(hits)
+            metrics.misses.inc(len(out) - hits)
+        return out
+
+    @app.post("/v1/score", response_model=S.ScoreResponse, responses=ERRORS,
+              summary="Score candidates for a user, with their precomputed reasons")
+    async def score(req: S.ScoreRequest):
+        user = req.user_id
+        rows = index.rows_of(req.item_ids)
+        scored = index.score_rows(user, rows, req.item_ids, req.timestamp, req.context, req.attention)
+        items = items_payload(user, req.item_ids, scored, range(len(rows)), req.explanations, req.attention)
+        return FastJSON({"user_id": user, "known_user": index.known_user(user),
+                             "history": index.history.get(user, []), "task": task, "items": items})
+
+    @app.post("/v1/recommend", response_model=S.RecommendResponse, responses=ERRORS,
+              summary="Top-k items for a user, with their reasons")
+    async def recommend(req: S.RecommendRequest):
+        user = req.user_id
+        if req.item_ids is None and not req.require_reasons:
+            rows = index.default_pool(user, req.exclude_seen)
+            ids = None
+        else:
+            if req.require_reasons:
+                ue = index.expl.get(user)
+                ids = [i for i, k in ue.slots.items() if ue.sources[k] == "current"] if ue else []
+                if req.item_ids is not None:
+                    allowed = set(req.item_ids)
+                    ids = [i for i in ids if i in allowed]
+            else:
+                ids = list(dict.fromkeys(req.item_ids))
+            if req.exclude_seen and user in index.seen:
+                seen = index.seen[user]
+                ids = [i for i in ids if i not in seen]
+            rows = index.rows_of(ids)
+        if len(rows) == 0:
+            return FastJSON({"user_id": user, "known_user": index.known_user(user),
+                                 "history": index.history.get(user, []), "task": task, "items": [],
+                                 "k": req.k, "pool_size": 0})
+        scored = index.score_rows(user, rows, ids, req.timestamp, req.context, req.attention)
+        k = min(req.k, len(rows))
+        top = np.argpartition(-scored.scores, k - 1)[:k]
+        top = top[np.argsort(-scored.scores[top], kind="stable")].tolist()
+        item_ids = ids if ids is not None else _LazyIds(index.catalog_ids, scored.rows)
+        items = items_payload(user, item_ids, scored, top, req.explanations, req.attention)
+        return FastJSON({"user_id": user, "known_user": index.known_user(user),
+                             "history": index.history.get(user, []), "task": task, "items": items,
+                             "k": req.k, "pool_size": int(len(rows))})
+
+    @app.post("/v1/events", response_model=S.EventResponse, responses=ERRORS,
+              summary="Log an interaction; the user's explanations are refreshed in the background")
+    async def events(req: S.EventRequest):
+        user, item = req.user_id, req.item_id
+        if not index.in_catalog(item):
+            raise HTTPException(404, f"unknown item_id {item!r}: events must name an item of the catalog")
+        history = index.next_history(user, item)
+        ts = int(time.time()) if req.timestamp is None else req.timestamp
+        event_id = state.append_event(user, item, req.rating, req.label, ts, history)   # durable first
+        index.apply_event(user, item)
+        metrics.events.inc()
+        if worker is not None:
+            worker.notify()
+        return FastJSON({"event_id": event_id, "user_id": user, "known_user": index.known_user(user),
+                             "history": index.history.get(user, []), "queued": True})
+
+    @app.get("/v1/users/{user_id}", response_model=S.UserResponse, responses=ERRORS,
+             summary="A user's current history and explanation counts")
+    async def user_info(user_id: str = PathParam(..., min_length=1, max_length=S.MAX_ID_LEN)):
+        if not index.exists(user_id):
+            raise HTTPException(404, f"unknown user_id {user_id!r}")
+        ue = index.expl.get(user_id)
+        ready = [i for i, k in ue.slots.items() if ue.sources[k] == "current"] if ue else []
+        pending = sorted(index.pending.get(user_id, ()))
+        return FastJSON({"user_id": user_id, "known_user": index.known_user(user_id),
+                             "history": index.history.get(user_id, []),
+                             "interactions": len(index.seen.get(user_id, ())),
+                             "explanations_ready": len(ready), "explanations_pending": len(pending),
+                             "explained_items": ready, "pending_items": pending})
+
+    @app.get("/healthz", response_model=S.Health)
+    async def healthz():
+        return FastJSON({"status": "ok", "model": index.model_name, "users": len(index.history),
+                             "items": len(index.catalog_ids), "queue_depth": state.depth(),
+                             "worker": "disabled" if worker is None else ("running" if worker.running else "stopped"),
+                             "llm": backend.model_id if backend is not None else None})
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class _LazyIds:
+    """item ids of catalog rows, resolved only for the positions a response shows."""
+
+    def __init__(self, ids: list[str], rows: np.ndarray):
+        self.ids, self.rows = ids, rows
+
+    def __getitem__(self, k: int) -> str:
+        return self.ids[int(self.rows[k])]
+
+
+def _warm_up(index: ServingIndex):
+    """First forwards allocate and pick kernels; do them before the first request does."""
+    user = next(iter(index.history), "warm-up")
+    ids = index.catalog_ids[:100]
+    for _ in range(3):
+        index.score_rows(user, index.rows_of(ids), ids)
+
+
+def _install_error_handlers(app: FastAPI):
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        detail = []
+        for err in exc.errors()[:20]:
+            loc = [p for p in err.get("loc", ()) if p != "body"]
+            detail.append({"loc": loc, "msg": err.get("msg", "invalid"), "type": err.get("type", "")})
+        where = ", ".join(f"{'.'.join(map(str, d['loc'])) or 'body'}: {d['msg']}" for d in detail[:3])
+        return JSONResponse({"error": f"invalid request: {where}", "detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+
+
+def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, store: str | Path | None = None,
+          llm=None, log_level: str = "info", **options):
+    """Run the service with uvicorn (one process: the index and the worker live in it)."""
+    import importlib.util
+
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = Path(store) if store else DEFAULT_STORE
+    app = create_app(bundle, store, llm, **options)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+                http="httptools" if importlib.util.find_spec("httptools") else "h11")
+
+
+def main(argv: list[str] | None = None):
+    """`python -m reasonrec.serve --bundle DIR [--store FILE] [--llm SPEC] [--port N]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m reasonrec.serve", description=main.__doc__)
+    p.add_argument("--bundle", required=True, help="model bundle directory")
+    p.add_argument("--store", default=None, help=f"explanation store [default: {DEFAULT_STORE}]")
+    p.add_argument("--state", default=None, help="event log + job queue [default: beside the store]")
+    p.add_argument("--llm", default=None, help="backend for the worker: embedded | openai:MODEL@URL | "
+                                               "py:module:factory?arg=v | none (no worker)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--domain", default=None, help="prompt templates [default: from the bundle, else movie]")
+    p.add_argument("--top-n", type=int, default=20, help="candidates explained per user after an event")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per LLM batch (one store commit each)")
+    p.add_argument("--no-profiles", action="store_true", help="describe items by metadata, not LLM profiles")
+    p.add_argument("--no-interaction-reasons", action="store_true",
+                   help="do not serve the explanations logged with past interactions")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the request path")
+    p.add_argument("--no-jit", action="store_true", help="serve the eager model (no TorchScript trace)")
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    serve(a.bundle, a.host, a.port, store=a.store, llm=a.llm, log_level=a.log_level, state_path=a.state,
+          domain=a.domain, top_n=a.top_n, batch_size=a.batch_size, profiles=not a.no_profiles,
+          interaction_reasons=not a.no_interaction_reasons, torch_threads=a.threads, jit=not a.no_jit)

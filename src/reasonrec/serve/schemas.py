@@ -1,0 +1,125 @@
+"""Typed request and response models of the serving API (they are the OpenAPI schema).
+
+Limits live here, in one place: id lengths, candidate-list sizes, k. Ids are non-empty strings
+without control characters; numbers are never silently turned into ids (strict strings), so a
+client that sends `{"user_id": 42}` gets a 422 that says "Input should be a valid string".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_ID_LEN = 128
+MAX_CANDIDATES = 1000
+MAX_K = 1000
+MAX_BODY_BYTES = 1 << 20           # 1 MiB: 1,000 ids of 128 characters fit with room to spare
+MAX_CONTEXT_FIELDS = 16
+
+# printable ids: no control characters (they only ever come from bugs or probes)
+Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID_LEN,
+                                      pattern=r"^[^\x00-\x1f\x7f]+$")]
+Reasons = Literal["ready", "pending", "unavailable"]
+Timestamp = Annotated[int, Field(ge=0, le=32503680000, description="seconds since the epoch (UTC)")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoreRequest(_Strict):
+    user_id: Id
+    item_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_CANDIDATES,
+                                        description=f"candidates to score, 1 to {MAX_CANDIDATES}")]
+    timestamp: Timestamp | None = Field(None, description="when the request happens (context features: hour, "
+                                                          "weekday); default now")
+    context: dict[Id, Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
+        None, max_length=MAX_CONTEXT_FIELDS, description="explicit context codes, e.g. {'ctx_hour': 20}")
+    explanations: bool = Field(True, description="include the explanation texts")
+    attention: bool = Field(True, description="include the attention share of each input")
+
+
+class RecommendRequest(_Strict):
+    user_id: Id
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    item_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_CANDIDATES)] | None = Field(
+        None, description="candidate pool; default: every item the model knows that the user has not "
+                          "interacted with")
+    exclude_seen: bool = Field(True, description="drop items the user interacted with from the pool")
+    require_reasons: bool = Field(False, description="rank only candidates whose explanations for the user's "
+                                                     "current history are written (precomputed top-N)")
+    timestamp: Timestamp | None = None
+    context: dict[Id, Annotated[int, Field(ge=0, le=100_000)]] | None = Field(None, max_length=MAX_CONTEXT_FIELDS)
+    explanations: bool = True
+    attention: bool = True
+
+
+class EventRequest(_Strict):
+    user_id: Id
+    item_id: Id = Field(..., description="must be an item of the catalog")
+    rating: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] | None = None
+    label: Annotated[int, Field(ge=0, le=1)] | None = None
+    timestamp: Timestamp | None = None
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float = Field(..., description="probability of a positive label (classification) or the rating "
+                                          "(regression)")
+    known_item: bool = Field(..., description="the model has an embedding for this item (else OOV)")
+    in_catalog: bool = Field(..., description="the item has metadata, so explanations can be written for it")
+    reasons: Reasons = Field(..., description="ready: texts below; pending: queued for the LLM; unavailable")
+    reasons_source: Literal["current", "interaction"] | None = Field(
+        None, description="current: written for the user's current history; interaction: written for "
+                          "the logged interaction of this pair (its history at that time)")
+    explanations: dict[str, str | None] | None = Field(None, description="e.g. positive / negative texts")
+    attention: dict[str, float] | None = Field(None, description="share of attention each input receives "
+                                                                "(pos, neg, user, item, seq, context)")
+
+
+class ScoreResponse(BaseModel):
+    user_id: str
+    known_user: bool
+    history: list[str]
+    task: str
+    items: list[ScoredItem]
+
+
+class RecommendResponse(ScoreResponse):
+    k: int
+    pool_size: int
+
+
+class EventResponse(BaseModel):
+    event_id: int
+    user_id: str
+    known_user: bool
+    history: list[str]
+    queued: bool = Field(..., description="a refresh of the user's explanations was queued")
+
+
+class UserResponse(BaseModel):
+    user_id: str
+    known_user: bool
+    history: list[str]
+    interactions: int
+    explanations_ready: int = Field(..., description="candidates explained for the current history")
+    explanations_pending: int = Field(..., description="candidates queued for the LLM")
+    explained_items: list[str] = Field(..., description="the explained candidates (current history)")
+    pending_items: list[str] = Field(..., description="the candidates waiting for the LLM")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    users: int
+    items: int
+    queue_depth: int
+    worker: Literal["running", "stopped", "disabled"]
+    llm: str | None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: list[dict] | None = None
