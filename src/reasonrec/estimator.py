@@ -111,7 +111,10 @@ class Recommender:
 
     # --- fit / predict ---------------------------------------------------------------------
 
-    def fit(self, data: Prepared, explanations: pd.DataFrame | None = None, progress: bool = False) -> "Recommender":
+    def fit(self, data: Prepared, explanations: pd.DataFrame | None = None, progress: bool = False,
+            encoder=None) -> "Recommender":
+        """`encoder`: an already fitted text encoder to use as is (the benchmark runner reuses one
+        fitted on the same train/valid texts across seeds and tasks); None fits a fresh one."""
         cfg = self.config
         samples = data.samples
         train, valid = samples[samples["split"] == "train"], samples[samples["split"] == "valid"]
@@ -120,7 +123,9 @@ class Recommender:
         scale = tuple(data.card.get("rating_scale", (1.0, 5.0)))
         self.featurizer = Featurizer(side_features=cfg.side_features).fit(train, data.items, data.users, scale)
         started = time.perf_counter()
-        if self.uses_text:
+        if self.uses_text and encoder is not None:
+            self.encoder = encoder
+        elif self.uses_text:
             self.encoder = get_encoder(cfg.encoder, **cfg.encoder_options)
             train_texts = [t for col in self._texts(train, explanations) for t in col]
             valid_texts = [t for col in self._texts(valid, explanations) for t in col]

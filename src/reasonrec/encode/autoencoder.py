@@ -5,7 +5,8 @@ words -> ids (vocabulary from the training split only) -> 8-d word embeddings, 5
 positive and negative explanations. The 8-d bottleneck is the explanation embedding.
 
 Choices the paper leaves open, made here:
-- padding slots carry no loss (else reconstruction is dominated by predicting padding);
+- padding slots carry no loss (else reconstruction is dominated by predicting padding), so slots
+  past a batch's longest text are not computed at all;
 - the paper's lr 0.1 is used with Adagrad (Adam at 0.1 diverges on the 50 x |V| output layer);
 - words seen fewer than `min_count` times in training map to <unk>, capping |V|;
 - early stopping on the reconstruction loss of held-out (validation-split) explanations.
@@ -45,7 +46,7 @@ class AutoencoderConfig:
     epochs: int = 100
     patience: int = 5
     min_count: int = 2
-    max_vocab: int = 5000
+    max_vocab: int = 2000
     seed: int = 0
 
 
@@ -66,6 +67,16 @@ class ExplanationAutoencoder(nn.Module):
         code = self.encode(ids)
         logits = self.decoder(code).view(len(ids), self.cfg.max_words, self.vocab_size)  # (B, L, V)
         return logits, code
+
+    def loss(self, ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of every real (non-padding) word. Slots past the batch's longest text
+        have no words, so their slice of the output layer is skipped (same loss and gradients)."""
+        used = int((ids != PAD).any(dim=0).nonzero().max()) + 1 if (ids != PAD).any() else 1
+        hidden = self.decoder[:-1](self.encode(ids))                      # (B, hidden)
+        out, V = self.decoder[-1], self.vocab_size
+        logits = hidden @ out.weight[:used * V].T + out.bias[:used * V]   # (B, used * V)
+        return nn.functional.cross_entropy(logits.view(-1, V), ids[:, :used].reshape(-1), ignore_index=PAD,
+                                           reduction=reduction)
 
 
 class AutoencoderEncoder:
@@ -101,7 +112,6 @@ class AutoencoderEncoder:
         train_ids = self.ids(train_texts)
         valid_ids = self.ids(valid_texts) if valid_texts else None
         opt = torch.optim.Adagrad(self.model.parameters(), lr=cfg.lr)
-        lossf = nn.CrossEntropyLoss(ignore_index=PAD)
         gen = torch.Generator().manual_seed(cfg.seed)
         best, best_state, bad = None, None, 0
         started = time.perf_counter()
@@ -112,8 +122,7 @@ class AutoencoderEncoder:
             total, n = 0.0, 0
             for s in range(0, len(order), cfg.batch_size):
                 batch = train_ids[order[s:s + cfg.batch_size]]
-                logits, _ = self.model(batch)
-                loss = lossf(logits.reshape(-1, logits.shape[-1]), batch.reshape(-1))
+                loss = self.model.loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -140,13 +149,8 @@ class AutoencoderEncoder:
     @torch.no_grad()
     def reconstruction_loss(self, ids: torch.Tensor) -> float:
         self.model.eval()
-        lossf = nn.CrossEntropyLoss(ignore_index=PAD, reduction="sum")
-        total, count = 0.0, int((ids != PAD).sum())
-        for s in range(0, len(ids), 1024):
-            batch = ids[s:s + 1024]
-            logits, _ = self.model(batch)
-            total += lossf(logits.reshape(-1, logits.shape[-1]), batch.reshape(-1)).item()
-        return total / max(count, 1)
+        total = sum(self.model.loss(ids[s:s + 1024], reduction="sum").item() for s in range(0, len(ids), 1024))
+        return total / max(int((ids != PAD).sum()), 1)
 
     @torch.no_grad()
     def word_accuracy(self, ids: torch.Tensor) -> float:

@@ -1,0 +1,720 @@
+"""`reasonrec bench run`: a spec's experiments x tasks x seeds, each run cached by a hash.
+
+A run's hash covers the resolved experiment (display keys aside), the task, the seed, the spec
+version, the dataset card and a fingerprint of the explanation texts it reads, so a rerun skips
+finished runs and editing one experiment (or regenerating its texts) reruns only that experiment.
+
+Layout under `benchmarks/results/<spec>/`:
+    runs/<experiment>/<task>-seed<seed>-<hash>.json   metrics, timings, what was read (written last)
+    runs/<experiment>/<task>-seed<seed>-<hash>.npz    test predictions (+ attention shares for
+                                                       LR-Recsys with text): sample_id, pred,
+                                                       label, rating[, attention, attention_names]
+    results.csv      one row per finished run of the current spec (the tidy table)
+    spec.json        the resolved spec and the slices, for the report
+    status.json      per experiment: done / skipped (why, and the command that fixes it) / failed
+    insights.json    section 5.5.3 keywords of the most-explained test items
+
+Nothing here calls an LLM to generate text: explanations come from the store (and the committed
+cache exports it imports when texts are missing). The LLM backend is only built to learn its
+model id (which keys the store), then dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from reasonrec.bench.spec import Experiment, Spec, card_fingerprint, run_hash
+from reasonrec.data.prepare import Prepared, load_prepared
+from reasonrec.errors import ReasonrecError
+
+DEFAULT_ENCODER_CACHE = Path("artifacts/cache/bench-encoders")
+METRIC_NAMES = ("auc", "logloss", "rmse", "mae", "rmse_norm", "mae_norm")
+
+
+class MissingExplanations(ReasonrecError):
+    """An experiment's texts are not in the store; the message says which command writes them."""
+
+    def __init__(self, message: str, short: str | None = None):
+        super().__init__(message)
+        self.short = short or message.splitlines()[0]
+
+
+# --- slices --------------------------------------------------------------------------------------
+
+def user_subset(user_ids, n: int, seed: int = 0) -> list[str]:
+    """The first n users of a seeded hash ranking: deterministic, independent of input order, and
+    nested (the 150-user subset is part of the 200-user one)."""
+    ranked = sorted({str(u) for u in user_ids},
+                    key=lambda u: hashlib.sha1(f"bench-users:{seed}:{u}".encode()).hexdigest())
+    return sorted(ranked[:n])
+
+
+def restrict_users(data: Prepared, n: int | None, seed: int = 0) -> Prepared:
+    if n is None:
+        return data
+    keep = set(user_subset(data.samples["user_id"].unique(), n, seed))
+    samples = data.samples[data.samples["user_id"].isin(keep)].reset_index(drop=True)
+    card = dict(data.card)
+    sizes = samples["split"].value_counts().reindex(["train", "valid", "test"], fill_value=0)
+    card.update({"interactions": int(len(samples)), "users": int(samples["user_id"].nunique()),
+                 "items": int(samples["item_id"].nunique()),
+                 "split_sizes": {k: int(v) for k, v in sizes.items()},
+                 "split_fractions": {k: round(int(v) / max(len(samples), 1), 4) for k, v in sizes.items()},
+                 "bench_slice": {"users": n, "seed": seed, "of": data.card.get("dataset")}})
+    return Prepared(samples, data.items, data.users, card)
+
+
+def apply_train_fraction(samples: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Keep a seeded random `fraction` of the train rows; valid and test rows are untouched."""
+    if fraction >= 1.0:
+        return samples
+    train_idx = np.flatnonzero((samples["split"] == "train").to_numpy())
+    n_keep = max(1, int(round(fraction * len(train_idx))))
+    chosen = np.random.default_rng([int(seed), 7919]).choice(train_idx, n_keep, replace=False)
+    mask = np.array(samples["split"] != "train", dtype=bool)
+    mask[chosen] = True
+    return samples[mask].reset_index(drop=True)
+
+
+def resolve_llm(llm: str) -> str:
+    """Spec aliases: `gemma3` is the optional Gemma-3-270M GGUF package."""
+    if llm == "gemma3":
+        from reasonrec.assets import gemma3_gguf
+
+        return f"gguf:{gemma3_gguf()}"
+    return llm
+
+
+# --- encoders --------------------------------------------------------------------------------------
+
+class _MemoEncoder:
+    """A fitted encoder whose encode() remembers each text's vector (the same texts are encoded for
+    every seed and task of an experiment)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.memo: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def name(self):
+        return self.inner.name
+
+    @property
+    def dim(self):
+        return self.inner.dim
+
+    def encode(self, texts) -> np.ndarray:
+        texts = list(texts)
+        new = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if new:
+            self.memo.update(zip(new, np.asarray(self.inner.encode(new), dtype="float32")))
+        if not texts:
+            return np.zeros((0, self.dim), dtype="float32")
+        return np.stack([self.memo[t] for t in texts])
+
+
+class _IdOnly:
+    """Stands in for a backend where only its model id is needed (store keys)."""
+
+    def __init__(self, model_id: str):
+        self.model_id = model_id
+
+
+@dataclass
+class Explanations:
+    table: pd.DataFrame
+    info: dict          # text_columns, strip_prefixes, coverage, model_id, fingerprint
+
+
+@dataclass
+class PlannedRun:
+    exp: Experiment
+    task: str
+    seed: int
+
+
+class BenchRunner:
+    def __init__(self, spec: Spec, *, backend_factory: Callable | None = None, echo: Callable = print,
+                 strict: bool = False, progress: bool = False, encoder_cache: Path | None = DEFAULT_ENCODER_CACHE):
+        self.spec = spec
+        self.echo = echo
+        self.strict = strict
+        self.progress = progress
+        self.encoder_cache = Path(encoder_cache) if encoder_cache else None
+        self._factory = backend_factory
+        self._model_ids: dict[str, str] = {}
+        self._data: Prepared | None = None
+        self._slices: dict = {}
+        self._expl: dict = {}
+        self._encoders: dict = {}
+        self._imported = False
+        self.status: dict[str, dict] = {}
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    @property
+    def out(self) -> Path:
+        return self.spec.results_dir
+
+    def dataset(self) -> Prepared:
+        if self._data is None:
+            d = self.spec.dataset_dir
+            if not (d / "samples.parquet").is_file():
+                if not self.spec.prepare:
+                    raise ReasonrecError(f"no prepared dataset at {d} and the spec says nothing under "
+                                         "dataset.prepare; run `reasonrec data prepare --out {d}` first")
+                from reasonrec.data.prepare import PrepareConfig, prepare
+                from reasonrec.data.readers import read
+
+                opts = dict(self.spec.prepare)
+                name, path = opts.pop("dataset", "ml-100k"), opts.pop("path", None)
+                reader = opts.pop("reader", {}) or {}
+                self.echo(f"preparing {name} into {d} ({opts})")
+                prepare(read(name, path, **reader), PrepareConfig(**opts)).save(d)
+            self._data = load_prepared(d)
+            self.dataset_fp = card_fingerprint(self._data.card)
+        return self._data
+
+    def slice(self, users: int | None) -> Prepared:
+        if users not in self._slices:
+            self._slices[users] = restrict_users(self.dataset(), users, self.spec.subslice_seed)
+        return self._slices[users]
+
+    def slice_dir(self, users: int | None) -> Path:
+        """A prepared dataset directory holding exactly the slice (made on demand) — what
+        `reasonrec explain --dataset` needs to generate texts for a sub-slice only."""
+        if users is None:
+            return self.spec.dataset_dir
+        base = self.spec.dataset_dir
+        suffix = f"-u{users}" + (f"s{self.spec.subslice_seed}" if self.spec.subslice_seed else "")
+        target = base.parent / f"{base.name}{suffix}"
+        if not (target / "samples.parquet").is_file():
+            self.slice(users).save(target)
+        return target
+
+    def model_id(self, llm: str) -> str:
+        """The id that keys the LLM's rows in the store: pinned in the spec (`model_ids`), else
+        learned by building the backend once (and dropping it: nothing is generated here)."""
+        if llm not in self._model_ids and llm in self.spec.model_ids:
+            self._model_ids[llm] = self.spec.model_ids[llm]
+        if llm not in self._model_ids:
+            if self._factory is not None:
+                backend = self._factory(llm)
+            else:
+                from reasonrec.llm import get_backend
+
+                backend = get_backend(resolve_llm(llm))
+            self._model_ids[llm] = backend.model_id
+            del backend
+        return self._model_ids[llm]
+
+    def explain_command(self, exp: Experiment) -> str:
+        try:
+            llm = resolve_llm(exp.llm)
+        except ReasonrecError:
+            llm = "gguf:<path of the Gemma-3-270M GGUF>" if exp.llm == "gemma3" else exp.llm
+        parts = ["reasonrec explain", f"--dataset {self.slice_dir(exp.users)}", f"--llm {llm}",
+                 f"--variant {exp.variant}"]
+        if not exp.profiles:
+            parts.append("--no-profiles")
+        if str(self.spec.store) != "artifacts/store/explanations.sqlite":
+            parts.append(f"--store {self.spec.store}")
+        return " ".join(parts)
+
+    def explanations(self, exp: Experiment) -> Explanations:
+        """The texts an experiment reads, for its user slice; MissingExplanations when more than
+        `max_missing` of its samples have none."""
+        key = (exp.users, exp.llm, exp.variant, exp.profiles)
+        if key in self._expl:
+            found = self._expl[key]
+            if isinstance(found, Exception):
+                raise found
+            return found
+        try:
+            found = self._lookup(exp)
+            if found.info["coverage"] < 1.0 - self.spec.max_missing and self._import_cache():
+                found = self._lookup(exp)
+            if found.info["coverage"] < 1.0 - self.spec.max_missing:
+                data = self.slice(exp.users)
+                short = (f"{1 - found.info['coverage']:.1%} of the {len(data.samples):,} samples of slice "
+                         f"'{exp.slice_name}' have no '{exp.variant}' explanations"
+                         f"{'' if exp.profiles else ' (without profiles)'} from {found.info['model_id']} in "
+                         f"{self.spec.store} (tolerated: {self.spec.max_missing:.1%})")
+                raise MissingExplanations(
+                    f"{short}. Generate them with:\n    {self.explain_command(exp)}\n"
+                    f"or import a cache export with `reasonrec cache import FILE --store {self.spec.store}`", short)
+        except Exception as err:  # no backend, no store, bad template: the run is skipped, not the spec
+            if not isinstance(err, MissingExplanations):
+                err = MissingExplanations(f"explanations for '{exp.id}' unavailable: {type(err).__name__}: {err}")
+            self._expl[key] = err
+            raise err
+        self._expl[key] = found
+        return found
+
+    def _lookup(self, exp: Experiment) -> Explanations:
+        from reasonrec.explain.generate import ExplainConfig, Explainer
+        from reasonrec.explain.store import ExplanationStore
+        from reasonrec.explain.templates import load_templates
+
+        if not Path(self.spec.store).is_file() and not self._import_cache():
+            raise MissingExplanations(f"no explanation store at {self.spec.store}. Generate texts with:\n"
+                                      f"    {self.explain_command(exp)}\n"
+                                      "or import the committed cache with `reasonrec cache import FILE`",
+                                      f"no explanation store at {self.spec.store}")
+        data = self.slice(exp.users)
+        model_id = self.model_id(exp.llm)
+        templates = load_templates(data.card.get("domain", "movie"))
+        explainer = Explainer(_IdOnly(model_id), ExplanationStore(self.spec.store), templates,
+                              ExplainConfig(variant=exp.variant, profiles=exp.profiles))
+        tasks = templates.variant_tasks(exp.variant)
+        table = explainer.lookup(data.samples, data.items)
+        for t in tasks:
+            if t not in table.columns:
+                table[t] = None
+        table = table[["sample_id", *tasks]].sort_values("sample_id").reset_index(drop=True)
+        missing = float(table[tasks].isna().any(axis=1).mean()) if len(table) else 1.0
+        digest = hashlib.sha256(model_id.encode())
+        digest.update(pd.util.hash_pandas_object(table.fillna("\x00"), index=False).to_numpy().tobytes())
+        info = {"text_columns": tuple(tasks),
+                "strip_prefixes": tuple(sorted({templates.tasks[t].prefix for t in tasks}, key=len, reverse=True)),
+                "coverage": round(1.0 - missing, 4), "model_id": model_id, "fingerprint": digest.hexdigest()[:16],
+                "explainer": explainer}
+        return Explanations(table, info)
+
+    def _import_cache(self) -> bool:
+        """Import the spec's committed cache exports into the store, once per runner."""
+        if self._imported or not self.spec.cache:
+            return False
+        self._imported = True
+        from reasonrec.explain.store import ExplanationStore
+
+        files = sorted({f for pattern in self.spec.cache for f in Path().glob(str(pattern))})
+        added = 0
+        for f in files:
+            n = ExplanationStore(self.spec.store).import_parquet(f)
+            added += n
+            self.echo(f"imported {n:,} new rows from {f} into {self.spec.store}")
+        self._expl = {k: v for k, v in self._expl.items() if not isinstance(v, Exception)}
+        return added > 0
+
+    # --- planning ----------------------------------------------------------------------------
+
+    def plan(self, only=None, seeds=None) -> list[PlannedRun]:
+        exps = self.spec.experiments
+        if only:
+            unknown = [o for o in only if o not in {e.id for e in exps}]
+            if unknown:
+                raise ReasonrecError(f"--only: no experiment(s) {unknown} in spec '{self.spec.name}'; "
+                                     f"have {[e.id for e in exps]}")
+            exps = [e for e in exps if e.id in set(only)]
+        runs = []
+        for exp in exps:
+            exp_seeds = list(seeds or exp.seeds or self.spec.seeds)
+            if exp.kind == "llm_direct":   # deterministic: one run stands for every seed
+                exp_seeds = exp_seeds[:1]
+            runs += [PlannedRun(exp, task, seed) for task in exp.tasks for seed in exp_seeds]
+        return runs
+
+    def run_path(self, run: PlannedRun, digest: str) -> Path:
+        return self.out / "runs" / run.exp.id / f"{run.task}-seed{run.seed}-{digest}"
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self, only=None, seeds=None) -> dict:
+        data = self.dataset()
+        runs = self.plan(only, seeds)
+        self.out.mkdir(parents=True, exist_ok=True)
+        counts = {"ran": 0, "cached": 0, "skipped": 0, "failed": 0}
+        self.echo(f"spec '{self.spec.name}': {len(runs)} runs over {len({r.exp.id for r in runs})} experiments "
+                  f"on {self.spec.dataset_dir} ({data.card.get('interactions', len(data.samples)):,} samples)")
+        started = time.perf_counter()
+        for i, run in enumerate(runs, start=1):
+            exp = run.exp
+            head = f"[{i:>3}/{len(runs)}] {exp.id:<28} {run.task:<14} seed {run.seed}"
+            expl = None
+            if exp.uses_text:
+                try:
+                    expl = self.explanations(exp)
+                except MissingExplanations as err:
+                    if self.strict:
+                        raise
+                    if self.status.get(exp.id, {}).get("state") != "skipped":
+                        self.echo(f"skip {exp.id}: {err}")
+                    self.status[exp.id] = {"state": "skipped", "message": err.short,
+                                           "command": self.explain_command(exp)}
+                    counts["skipped"] += 1
+                    continue
+            digest = run_hash(exp.resolved(), run.task, run.seed, self.spec.version, self.dataset_fp,
+                              expl.info["fingerprint"] if expl else None)
+            path = self.run_path(run, digest)
+            if path.with_suffix(".json").is_file():
+                counts["cached"] += 1
+                self.echo(f"{head}  cached")
+                self.status.setdefault(exp.id, {"state": "done"})
+                continue
+            try:
+                record, arrays = self._execute(run, expl)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # one broken run must not stop the spec
+                if self.strict:
+                    raise
+                counts["failed"] += 1
+                msg = f"{type(err).__name__}: {err}"
+                self.echo(f"{head}  FAILED {msg}")
+                self.status[exp.id] = {"state": "failed", "message": msg,
+                                       "traceback": traceback.format_exc(limit=6)}
+                continue
+            record.update({"spec": self.spec.name, "spec_version": self.spec.version, "id": exp.id,
+                           "task": run.task, "seed": run.seed, "hash": digest,
+                           "resolved": _canonical(exp.resolved()), "dataset_fp": self.dataset_fp,
+                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            self._save(path, record, arrays)
+            counts["ran"] += 1
+            if self.status.get(exp.id, {}).get("state") not in ("failed",):
+                self.status[exp.id] = {"state": "done"}
+            self.echo(f"{head}  {_metrics_line(record)}")
+        self._write_status(runs)
+        self._write_spec_json()
+        self.write_insights()
+        table = self.collect()
+        counts["seconds"] = round(time.perf_counter() - started, 1)
+        counts["results"] = str(self.out / "results.csv")
+        counts["rows"] = len(table)
+        self.echo(f"done: {counts['ran']} ran, {counts['cached']} cached, {counts['skipped']} skipped, "
+                  f"{counts['failed']} failed in {counts['seconds']} s; {len(table)} rows in {counts['results']}")
+        return counts
+
+    def _execute(self, run: PlannedRun, expl: Explanations | None) -> tuple[dict, dict]:
+        exp = run.exp
+        data = self.slice(exp.users)
+        fraction_seed = run.seed if exp.fraction_seed == "run" else int(exp.fraction_seed)
+        samples = apply_train_fraction(data.samples, exp.train_fraction, fraction_seed)
+        data = Prepared(samples, data.items, data.users, data.card)
+        if exp.kind == "llm_direct":
+            return self._direct(run, data, expl)
+        return self._train(run, data, expl)
+
+    def _train(self, run: PlannedRun, data: Prepared, expl: Explanations | None) -> tuple[dict, dict]:
+        from reasonrec.estimator import Recommender, RecommenderConfig
+        from reasonrec.train.metrics import metrics_for
+        from reasonrec.train.trainer import TrainConfig
+
+        exp = run.exp
+        train_opts = {**exp.train, "task": run.task, "seed": run.seed}
+        cfg = RecommenderConfig(model=exp.model, task=run.task, explanations=exp.explanations, encoder=exp.encoder,
+                                side_features=exp.side_features, model_extra=dict(exp.model_extra),
+                                encoder_options=dict(exp.encoder_options), train=TrainConfig(**train_opts))
+        if exp.embed_dim is not None:
+            cfg.embed_dim = int(exp.embed_dim)
+        if exp.mlp is not None:
+            cfg.mlp = tuple(exp.mlp)
+        if exp.dropout is not None:
+            cfg.dropout = float(exp.dropout)
+        table = None
+        if expl is not None:
+            cfg.text_columns, cfg.strip_prefixes = expl.info["text_columns"], expl.info["strip_prefixes"]
+            table = expl.table
+        rec = Recommender(cfg)
+        encoder, enc_seconds, enc_cached = None, 0.0, False
+        if rec.uses_text:
+            encoder, enc_seconds, enc_cached = self._encoder(rec, data, table)
+        started = time.perf_counter()
+        rec.fit(data, table, progress=self.progress, encoder=encoder)
+        fit_seconds = time.perf_counter() - started
+        test = data.samples[data.samples["split"] == "test"]
+        attention, names = None, None
+        if rec.uses_text and getattr(rec.model, "input_names", None):
+            pred, attn = rec.predict(test, table, return_attention=True)
+            if attn is not None:
+                attention = attn.mean(axis=1).astype("float32")        # eq. 24: attention each input receives
+                names = list(rec.model.input_names)
+        else:
+            pred = rec.predict(test, table)
+        scale = tuple(data.card.get("rating_scale", (1.0, 5.0)))
+        y = test["label" if run.task == "classification" else "rating"].to_numpy(dtype=float)
+        test_metrics = metrics_for(run.task, y, pred, scale)
+        fr = rec.fit_result
+        record = {"metrics": {**{f"test_{k}": v for k, v in test_metrics.items()},
+                              **{f"valid_{k}": v for k, v in fr.best_valid.items()}},
+                  "fit_seconds": round(fit_seconds, 2), "seconds_per_epoch": round(fr.seconds_per_epoch, 3),
+                  "best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run,
+                  "encoder_seconds": round(enc_seconds, 2), "encoder_cached": enc_cached}
+        record.update(self._common(run, data, expl))
+        arrays = _arrays(test, pred)
+        if attention is not None:
+            arrays["attention"] = attention
+            arrays["attention_names"] = np.array(names)
+        return record, arrays
+
+    def _direct(self, run: PlannedRun, data: Prepared, expl: Explanations) -> tuple[dict, dict]:
+        """LLM-direct baseline: the stored rating is the prediction (AUC scores by it; RMSE/MAE
+        compare it with the true rating; LogLoss is undefined). Unparsed ratings get the mean
+        training rating."""
+        from reasonrec.train.metrics import auc, regression_metrics
+
+        col = expl.info["text_columns"][0]
+        s = data.samples.merge(expl.table[["sample_id", col]], on="sample_id", how="left")
+        rating = pd.to_numeric(s[col], errors="coerce")
+        fill = float(s.loc[s["split"] == "train", "rating"].mean())
+        s["pred"] = rating.fillna(fill).clip(*data.card.get("rating_scale", (1.0, 5.0)))
+        scale = tuple(data.card.get("rating_scale", (1.0, 5.0)))
+        metrics = {}
+        for split in ("test", "valid"):
+            part = s[s["split"] == split]
+            if run.task == "classification":
+                m = {"auc": auc(part["label"].to_numpy(float), part["pred"].to_numpy(float)), "logloss": float("nan")}
+            else:
+                m = regression_metrics(part["rating"].to_numpy(float), part["pred"].to_numpy(float), scale)
+            metrics.update({f"{split}_{k}": v for k, v in m.items()})
+        test = s[s["split"] == "test"]
+        record = {"metrics": metrics, "fit_seconds": 0.0, "seconds_per_epoch": 0.0, "best_epoch": 0,
+                  "epochs_run": 0, "encoder_seconds": 0.0, "encoder_cached": False,
+                  "unparsed_ratings": int(rating.isna().sum())}
+        record.update(self._common(run, data, expl))
+        return record, _arrays(test, test["pred"].to_numpy(float))
+
+    def _common(self, run: PlannedRun, data: Prepared, expl: Explanations | None) -> dict:
+        exp = run.exp
+        split = data.samples["split"]
+        out = {"n_train": int((split == "train").sum()), "n_valid": int((split == "valid").sum()),
+               "n_test": int((split == "test").sum()), "n_users": int(data.samples["user_id"].nunique())}
+        if expl is not None:
+            out["explanations_info"] = {"llm": exp.llm, "model_id": expl.info["model_id"], "variant": exp.variant,
+                                        "profiles": exp.profiles, "coverage": expl.info["coverage"],
+                                        "fingerprint": expl.info["fingerprint"]}
+        return out
+
+    def _encoder(self, rec, data: Prepared, table: pd.DataFrame) -> tuple[object, float, bool]:
+        """A fitted text encoder for this train/valid split, reused across seeds, tasks and
+        experiments that read the same texts (in memory, and on disk under `encoder_cache`)."""
+        from reasonrec.encode import get_encoder, load_encoder, save_encoder
+
+        cfg = rec.config
+        s = data.samples
+        train_texts = [t for col in rec._texts(s[s["split"] == "train"], table) for t in col]
+        valid_texts = [t for col in rec._texts(s[s["split"] == "valid"], table) for t in col]
+        h = hashlib.sha256(json.dumps([cfg.encoder, cfg.encoder_options], sort_keys=True, default=str).encode())
+        for group in (train_texts, valid_texts):
+            h.update(b"\x01")
+            for t in group:
+                h.update(t.encode())
+                h.update(b"\x00")
+        key = h.hexdigest()[:20]
+        if key in self._encoders:
+            return self._encoders[key], 0.0, True
+        disk = self.encoder_cache / key if self.encoder_cache else None
+        if disk is not None and (disk / "encoder.json").is_file():
+            enc, seconds, cached = load_encoder(disk), 0.0, True
+        else:
+            started = time.perf_counter()
+            enc = get_encoder(cfg.encoder, **cfg.encoder_options)
+            enc.fit(train_texts, valid_texts, progress=self.progress)
+            seconds, cached = time.perf_counter() - started, False
+            self.echo(f"      fitted the {cfg.encoder} encoder on {len(train_texts):,} texts in {seconds:.1f} s")
+            if disk is not None:
+                tmp = disk.parent / f".{key}.tmp"
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_encoder(enc, tmp)
+                shutil.rmtree(disk, ignore_errors=True)
+                tmp.rename(disk)
+        wrapped = _MemoEncoder(enc)
+        self._encoders[key] = wrapped
+        return wrapped, seconds, cached
+
+    def _save(self, path: Path, record: dict, arrays: dict):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        npz = path.with_suffix(".npz")
+        tmp = path.parent / f".{path.name}.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        tmp.replace(npz)
+        record["predictions"] = str(npz.relative_to(self.out))
+        tmp = path.parent / f".{path.name}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=_json_default))
+        tmp.replace(path.with_suffix(".json"))
+        prefix = path.name.rsplit("-", 1)[0] + "-"          # <task>-seed<seed>-
+        for old in path.parent.glob(prefix + "*"):
+            if old.stem != path.name and old.suffix in (".json", ".npz"):
+                old.unlink(missing_ok=True)                  # superseded by this run
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def collect(self) -> pd.DataFrame:
+        """results.csv: one row per finished run whose resolved experiment matches the spec now."""
+        self.dataset()
+        order = {e.id: i for i, e in enumerate(self.spec.experiments)}
+        current = {e.id: (e, _canonical(e.resolved())) for e in self.spec.experiments}
+        rows = []
+        for f in sorted((self.out / "runs").glob("*/*.json")):
+            rec = json.loads(f.read_text())
+            exp, resolved = current.get(rec.get("id"), (None, None))
+            if (exp is None or rec.get("resolved") != resolved or rec.get("spec_version") != self.spec.version
+                    or rec.get("dataset_fp") != self.dataset_fp or rec.get("task") not in exp.tasks):
+                continue
+            rows.append(_row(rec, exp, self.spec))
+        cols = ["spec", "id", "label", "tag", "kind", "model", "task", "seed", "slice", "users", "n_users",
+                "train_fraction", "explanations", "encoder", "variant", "profiles", "llm", "llm_name", "model_id",
+                "coverage", "n_train", "n_valid", "n_test", *[f"test_{m}" for m in METRIC_NAMES],
+                *[f"valid_{m}" for m in METRIC_NAMES], "fit_seconds", "seconds_per_epoch", "best_epoch",
+                "epochs_run", "encoder_seconds", "encoder_cached", "compare_to", "hash", "predictions", "finished"]
+        frame = pd.DataFrame(rows, columns=cols)
+        if len(frame):
+            frame = (frame.sort_values("finished").drop_duplicates(["id", "task", "seed"], keep="last")
+                     .assign(_o=lambda d: d["id"].map(order)).sort_values(["_o", "task", "seed"])
+                     .drop(columns="_o").reset_index(drop=True))
+        self.out.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(self.out / "results.csv", index=False)
+        return frame
+
+    def _write_status(self, runs: list[PlannedRun]):
+        f = self.out / "status.json"
+        old = json.loads(f.read_text()) if f.is_file() else {}
+        old.update(self.status)
+        keep = {e.id for e in self.spec.experiments}
+        f.write_text(json.dumps({k: v for k, v in old.items() if k in keep}, indent=1))
+
+    def _write_spec_json(self):
+        data = self.dataset()
+        slices = {}
+        for users in sorted({e.users for e in self.spec.experiments}, key=lambda u: -1 if u is None else u):
+            part = self.slice(users)
+            name = "all" if users is None else f"u{users}"
+            sizes = part.samples["split"].value_counts()
+            slices[name] = {"users": int(part.samples["user_id"].nunique()), "samples": int(len(part.samples)),
+                            "test": int(sizes.get("test", 0)), "train": int(sizes.get("train", 0)),
+                            "valid": int(sizes.get("valid", 0)),
+                            "rule": "all users" if users is None else
+                            f"first {users} users by sha1('bench-users:{self.spec.subslice_seed}:<user_id>')"}
+        card = {k: data.card.get(k) for k in ("dataset", "domain", "interactions", "users", "items", "rating_scale",
+                                               "label_threshold", "label_rate", "split_sizes", "config")}
+        out = {**self.spec.summary(), "card": card, "dataset_fp": self.dataset_fp, "slices": slices,
+               "model_ids": dict(self._model_ids)}
+        f = self.out / "spec.json"
+        if f.is_file():   # keep model ids learned by earlier invocations
+            old = json.loads(f.read_text())
+            out["model_ids"] = {**old.get("model_ids", {}), **out["model_ids"]}
+        f.write_text(json.dumps(out, indent=1, default=str))
+
+    def primary(self) -> Experiment | None:
+        """The Table 2 LR-Recsys: tag ours, all users, 100% of the training data, reading text."""
+        for e in self.spec.experiments:
+            if e.tag == "ours" and e.users is None and e.train_fraction >= 1.0 and e.explanations == "text":
+                return e
+        return None
+
+    def write_insights(self, n_items: int = 3, top: int = 10) -> dict | None:
+        """Section 5.5.3 keywords for the most-explained test items, from the primary experiment's
+        texts; recomputed only when those texts changed."""
+        from reasonrec.bench.insights import insights_for, profiles_of, top_items
+
+        exp = self.primary()
+        if exp is None:
+            return None
+        f = self.out / "insights.json"
+        old = json.loads(f.read_text()) if f.is_file() else None
+        key = (exp.users, exp.llm, exp.variant, exp.profiles)
+        if key not in self._expl and old is not None:
+            return old                     # texts not loaded in this invocation: keep what is there
+        try:
+            expl = self.explanations(exp)
+        except MissingExplanations:
+            return old
+        if old and old.get("fingerprint") == expl.info["fingerprint"] and old.get("top") == top:
+            return old
+        data = self.slice(exp.users)
+        items = top_items(data.samples, expl.table, n_items, column=expl.info["text_columns"][0])
+        profiles = profiles_of(expl.info["explainer"], data.items, items) if exp.profiles else None
+        out = {"experiment": exp.id, "model_id": expl.info["model_id"], "llm": exp.llm, "variant": exp.variant,
+               "fingerprint": expl.info["fingerprint"], "top": top, "slice": exp.slice_name,
+               "method": "weighted log-odds with an informative Dirichlet prior (z-score) vs all other items' "
+                         "explanations of the same kind; stopwords and the prompts' fixed words removed",
+               "items": insights_for(data.samples, data.items, expl.table, items, top,
+                                     strip_prefixes=expl.info["strip_prefixes"], profiles=profiles)}
+        f.write_text(json.dumps(out, indent=1))
+        return out
+
+    def explanation_plan(self, only=None) -> list[dict]:
+        """Per text-reading experiment: slice, coverage in the store, and the command that fills it."""
+        rows = []
+        for exp in self.spec.experiments:
+            if (only and exp.id not in only) or not exp.uses_text:
+                continue
+            from reasonrec.explain.templates import load_templates
+
+            data = self.slice(exp.users)
+            tasks = load_templates(data.card.get("domain", "movie")).variant_tasks(exp.variant)
+            row = {"id": exp.id, "slice": exp.slice_name, "llm": exp.llm, "variant": exp.variant,
+                   "profiles": exp.profiles, "samples": len(data.samples), "prompts": len(data.samples) * len(tasks)}
+            try:
+                row["coverage"] = self.explanations(exp).info["coverage"]
+                row["ready"] = True
+            except MissingExplanations as err:
+                row["ready"] = False
+                row["coverage"] = None
+                row["message"] = err.short
+            row["command"] = self.explain_command(exp)
+            rows.append(row)
+        return rows
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+def _arrays(test: pd.DataFrame, pred) -> dict:
+    return {"sample_id": test["sample_id"].to_numpy("int64"), "pred": np.asarray(pred, dtype="float32"),
+            "label": test["label"].to_numpy("int8"), "rating": test["rating"].to_numpy("float32")}
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    return str(o)
+
+
+def _metrics_line(record: dict) -> str:
+    m = record["metrics"]
+    shown = " ".join(f"{k[5:]} {m[k]:.4f}" for k in ("test_auc", "test_logloss", "test_rmse", "test_mae")
+                     if k in m and m[k] == m[k])
+    return (f"{shown}  (fit {record['fit_seconds']:.1f} s, {record['seconds_per_epoch']:.2f} s/epoch, "
+            f"best epoch {record['best_epoch']}/{record['epochs_run']})")
+
+
+def _row(rec: dict, exp: Experiment, spec: Spec) -> dict:
+    info = rec.get("explanations_info") or {}
+    row = {"spec": spec.name, "id": exp.id, "label": exp.label, "tag": exp.tag, "kind": exp.kind, "model": exp.model,
+           "task": rec["task"], "seed": rec["seed"], "slice": exp.slice_name, "users": exp.users,
+           "n_users": rec.get("n_users"), "train_fraction": exp.train_fraction, "explanations":
+           "llm_direct" if exp.kind == "llm_direct" else exp.explanations,
+           "encoder": exp.encoder if exp.explanations == "text" and exp.kind == "train" else None,
+           "variant": info.get("variant"), "profiles": info.get("profiles"), "llm": info.get("llm"),
+           "llm_name": spec.llm_name(info["llm"]) if info.get("llm") else None, "model_id": info.get("model_id"),
+           "coverage": info.get("coverage"), "n_train": rec.get("n_train"), "n_valid": rec.get("n_valid"),
+           "n_test": rec.get("n_test"), "compare_to": exp.compare_to or None, "hash": rec["hash"],
+           "predictions": rec.get("predictions"), "finished": rec.get("finished")}
+    for m in METRIC_NAMES:
+        row[f"test_{m}"] = rec["metrics"].get(f"test_{m}")
+        row[f"valid_{m}"] = rec["metrics"].get(f"valid_{m}")
+    for k in ("fit_seconds", "seconds_per_epoch", "best_epoch", "epochs_run", "encoder_seconds", "encoder_cached"):
+        row[k] = rec.get(k)
+    return row

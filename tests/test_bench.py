@@ -1,0 +1,327 @@
+"""The benchmark harness: the smoke spec end to end on FakeLLM explanations (never a real LLM),
+run caching, reruns of a changed experiment, the report, DeLong, slices and insights."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from reasonrec.bench import stats
+from reasonrec.bench.insights import item_keywords, top_items
+from reasonrec.bench.report import build_report
+from reasonrec.bench.runner import BenchRunner, MissingExplanations, apply_train_fraction, user_subset
+from reasonrec.bench.spec import load_spec
+from reasonrec.errors import ReasonrecError
+from reasonrec.explain.generate import ExplainConfig, Explainer
+from reasonrec.explain.store import ExplanationStore
+from reasonrec.explain.templates import load_templates
+from tests.fakes import FakeLLM
+
+SMOKE = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "smoke.yaml"
+MOODS = ["cheerful", "gloomy", "tense", "gentle", "noisy", "quiet", "clever", "silly", "grand", "small"]
+
+
+def _reply(prompt) -> str:
+    """Deterministic texts that mention the candidate's genres (so item keywords exist) and, for
+    the direct task, a rating."""
+    text = prompt.canonical()
+    h = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
+    if prompt.prefix.startswith("Rating"):
+        return f" {h % 5 + 1}"
+    genres = re.findall(r"genres: ([A-Za-z', |-]+)", text)
+    cand = genres[-1].replace("|", " ").replace(",", " ").lower() if genres else "unknown"
+    return f" they enjoy {cand} stories with {MOODS[h % len(MOODS)]} moments."
+
+
+def _spec(tmp: Path, **overrides):
+    base = {"dataset": {"dir": str(tmp / "data" / "smoke"),
+                        "prepare": {"dataset": "ml-100k", "max_users": 60, "last_n_per_user": 20}},
+            "store": str(tmp / "store.sqlite"), "results": str(tmp / "results"), "report": str(tmp / "reports")}
+    base.update(overrides)
+    return load_spec(SMOKE, base)
+
+
+def _runner(spec, tmp: Path, log: list | None = None, **kw):
+    return BenchRunner(spec, backend_factory=lambda llm: FakeLLM(model_id=f"fake:{llm}"),
+                       echo=(log.append if log is not None else lambda *_: None),
+                       encoder_cache=tmp / "encoders", **kw)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    spec = _spec(tmp)
+    runner = _runner(spec, tmp)
+    data = runner.dataset()                       # prepared from the spec's `prepare` block
+    store = ExplanationStore(spec.store)
+    templates = load_templates("movie")
+    llm = FakeLLM(model_id="fake:embedded", reply=_reply)
+    Explainer(llm, store, templates, ExplainConfig(variant="contrastive")).run(data.samples, data.items, progress=False)
+    sub = runner.slice(spec.subslice_users)
+    Explainer(llm, store, templates, ExplainConfig(variant="direct")).run(sub.samples, sub.items, progress=False)
+    log: list[str] = []
+    counts = _runner(spec, tmp, log).run()
+    # the experiments as the latest run saw them (a test that edits one stores the edit here)
+    experiments = yaml.safe_load(SMOKE.read_text())["experiments"]
+    return {"tmp": tmp, "spec": spec, "counts": counts, "log": log, "data": data, "experiments": experiments}
+
+
+def test_smoke_spec_runs_every_experiment(bench):
+    spec, counts = bench["spec"], bench["counts"]
+    assert counts["failed"] == 0 and counts["skipped"] == 0, bench["log"]
+    table = pd.read_csv(spec.results_dir / "results.csv")
+    assert len(table) == 12 == counts["ran"]             # 6 experiments x 2 tasks x 1 seed
+    assert set(table["id"]) == {e.id for e in spec.experiments}
+    cls = table[table["task"] == "classification"]
+    reg = table[table["task"] == "regression"]
+    assert cls["test_auc"].between(0, 1).all() and cls["valid_auc"].notna().all()
+    assert reg["test_rmse"].between(0, 4).all() and np.allclose(reg["test_rmse_norm"], reg["test_rmse"] / 4)
+    row = table[(table["id"] == "lr-recsys") & (table["task"] == "classification")].iloc[0]
+    assert row["slice"] == "all" and row["model_id"] == "fake:embedded" and row["coverage"] == 1.0
+    assert row["fit_seconds"] > 0 and row["best_epoch"] >= 1 and row["seconds_per_epoch"] > 0
+    z = np.load(spec.results_dir / row["predictions"])
+    n_test = int((bench["data"].samples["split"] == "test").sum())
+    assert z["pred"].shape == (n_test,) and z["attention"].shape == (n_test, 6)
+    assert np.allclose(z["attention"].sum(1), 1, atol=1e-4)
+    assert list(z["attention_names"]) == ["pos", "neg", "user", "item", "seq", "context"]
+    assert "attention" not in np.load(spec.results_dir / table[table["id"] == "ncf"]["predictions"].iloc[0])
+    sub = table[table["id"] == "lr-recsys-sub"].iloc[0]
+    assert sub["slice"] == "u30" and sub["n_users"] == 30 and sub["n_test"] < n_test
+    direct = table[table["id"] == "llm-direct-sub"]
+    assert direct["fit_seconds"].eq(0).all() and direct["test_logloss"].isna().all()
+    half = table[(table["id"] == "lr-recsys-50pct")].iloc[0]
+    assert half["n_train"] == round(row["n_train"] * 0.5) and half["n_test"] == row["n_test"]
+    assert (spec.results_dir / "insights.json").is_file()
+    assert any("cached" not in line and "auc" in line for line in bench["log"])   # progress per run
+
+
+def test_second_run_is_fully_cached(bench, monkeypatch):
+    from reasonrec.estimator import Recommender
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached run must not train")
+
+    monkeypatch.setattr(Recommender, "fit", no_training)
+    counts = _runner(bench["spec"], bench["tmp"]).run()
+    assert counts["ran"] == 0 and counts["cached"] == 12 and counts["failed"] == 0
+
+
+def test_changing_one_experiment_reruns_only_it(bench):
+    spec0 = bench["spec"]
+    experiments = bench["experiments"]
+    for e in experiments:
+        if e["id"] == "ncf":
+            e["train"] = {"epochs": 2}
+    spec = _spec(bench["tmp"], experiments=experiments)
+    before = pd.read_csv(spec0.results_dir / "results.csv")
+    counts = _runner(spec, bench["tmp"]).run()
+    assert counts["ran"] == 2 and counts["cached"] == 10
+    after = pd.read_csv(spec.results_dir / "results.csv")
+    assert len(after) == 12
+    changed = set(after["hash"]) - set(before["hash"])
+    assert set(after[after["hash"].isin(changed)]["id"]) == {"ncf"}
+    assert len(list((spec.results_dir / "runs" / "ncf").glob("*.json"))) == 2   # superseded runs removed
+    # label changes are display-only: nothing reruns
+    relabelled = [{**e, "label": e["id"].upper()} for e in experiments]
+    assert _runner(_spec(bench["tmp"], experiments=relabelled), bench["tmp"]).run()["ran"] == 0
+
+
+def test_missing_explanations_skip_with_the_command(bench):
+    experiments = bench["experiments"] + [{"id": "aspects-sub", "tag": "aspects", "variant": "aspects",
+                                            "users": "subslice"}]
+    spec = _spec(bench["tmp"], experiments=experiments)
+    log: list[str] = []
+    counts = _runner(spec, bench["tmp"], log).run(only=["aspects-sub"])
+    assert counts["skipped"] == 2 and counts["ran"] == 0 and counts["failed"] == 0
+    msg = next(line for line in log if line.startswith("skip aspects-sub"))
+    assert "reasonrec explain --dataset" in msg and "smoke-u30" in msg and "--variant aspects" in msg
+    assert (Path(spec.dataset_dir.parent) / "smoke-u30" / "samples.parquet").is_file()
+    status = json.loads((spec.results_dir / "status.json").read_text())
+    assert status["aspects-sub"]["state"] == "skipped"
+    with pytest.raises(MissingExplanations):
+        _runner(spec, bench["tmp"], strict=True).run(only=["aspects-sub"])
+    with pytest.raises(ReasonrecError):
+        _runner(spec, bench["tmp"]).run(only=["no-such-experiment"])
+
+
+def test_report_regenerates_from_results(bench):
+    spec = bench["spec"]
+    report = build_report(spec.results_dir, spec.report_dir)
+    text = report.read_text()
+    for section in ("## Claims", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## Table 6",
+                    "## Figure 6", "## Figures 7 and 10", "## Section 5.5.3", "## Slices", "## Appendix"):
+        assert section in text, section
+    assert "% Improved" in text and "DeLong" in text and "seeds: 1 (0)" in text
+    figs = {p.name for p in (spec.report_dir / "figures").glob("*.png")}
+    assert figs == {"figure6_regression.png", "figure6_classification.png", "figure7_attention.png",
+                    "figure10_attention_shares.png"}
+    claims = text.split("## Claims")[1].split("\n## ")[0]
+    verdicts = re.findall(r"\*\*(holds|does not hold|inconclusive)\*\*", claims)
+    assert len(verdicts) >= 10
+    assert "Explanations beat free learnable vectors" in claims and "direct rating prediction" in claims
+    assert "not run" in text or "Not in the table yet" in text or "aspects" not in text
+    # the CLI wraps the same function
+    from typer.testing import CliRunner
+
+    from reasonrec.cli import app
+
+    out = CliRunner().invoke(app, ["bench", "report", "--spec", "smoke", "--results", str(spec.results_root),
+                                   "--out", str(spec.report_root)])
+    assert out.exit_code == 0, out.output
+    assert "REPORT.md" in out.output
+
+
+# --- statistics ---------------------------------------------------------------------------------------
+
+def _brute_force(y, scores):
+    """DeLong's structural components straight from the O(m n) definition."""
+    y = np.asarray(y).astype(bool)
+    aucs, v10s, v01s = [], [], []
+    for s in scores:
+        pos, neg = np.asarray(s)[y], np.asarray(s)[~y]
+        psi = np.array([[1.0 if a > b else 0.5 if a == b else 0.0 for b in neg] for a in pos])
+        aucs.append(psi.mean())
+        v10s.append(psi.mean(axis=1))
+        v01s.append(psi.mean(axis=0))
+    v10, v01 = np.array(v10s), np.array(v01s)
+    cov = np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
+    return np.array(aucs), np.atleast_2d(cov)
+
+
+def test_delong_hand_checked_case():
+    # positives 0.9, 0.6; negatives 0.7, 0.2: pairs won 1, 1, 0, 1 -> AUC 3/4.
+    # V10 = (1, 1/2), V01 = (1/2, 1): var = 0.125/2 + 0.125/2 = 0.125
+    auc, var = stats.auc_variance([1, 1, 0, 0], [0.9, 0.6, 0.7, 0.2])
+    assert auc == pytest.approx(0.75) and var == pytest.approx(0.125)
+
+
+def test_delong_matches_the_definition_with_ties():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    a = np.round(rng.random(40) + 0.3 * y, 1)            # rounding makes ties
+    b = np.round(rng.random(40) + 0.1 * y, 1)
+    aucs, cov = stats.delong_covariance(y, [a, b])
+    ref_aucs, ref_cov = _brute_force(y, [a, b])
+    np.testing.assert_allclose(aucs, ref_aucs)
+    np.testing.assert_allclose(cov, ref_cov)
+    from sklearn.metrics import roc_auc_score
+
+    assert aucs[0] == pytest.approx(roc_auc_score(y, a))
+    res = stats.delong_test(y, a, b)
+    var = ref_cov[0, 0] + ref_cov[1, 1] - 2 * ref_cov[0, 1]
+    z = (ref_aucs[0] - ref_aucs[1]) / np.sqrt(var)
+    from scipy.stats import norm
+
+    assert res["z"] == pytest.approx(z) and res["p"] == pytest.approx(2 * norm.sf(abs(z)))
+
+
+def test_delong_identical_predictions_and_clear_winner():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = rng.random(200)
+    assert stats.delong_test(y, p, p)["p"] == 1.0
+    good = y + rng.normal(0, 0.3, 200)
+    res = stats.delong_test(y, good, p)
+    assert res["diff"] > 0.3 and res["p"] < 1e-6
+
+
+def test_seed_comparisons_and_verdicts():
+    same = stats.compare_seeds([0.7, 0.71, 0.72], [0.7, 0.71, 0.72])
+    assert same["p"] == 1.0 and same["diff"] == 0
+    one = stats.compare_seeds([0.70, 0.71, 0.72, 0.71], [0.65])
+    assert one["test"] == "one-sample t" and one["diff"] == pytest.approx(0.06) and one["p"] < 0.01
+    assert stats.sign(0.01, 0.01, True) == 1 and stats.sign(0.01, 0.01, False) == -1 and stats.sign(0.01, 0.2, True) == 0
+    assert stats.verdict_better([1, 1]) == "holds"
+    assert stats.verdict_better([1, 0]) == "inconclusive"
+    assert stats.verdict_better([1, -1]) == "does not hold"
+    assert stats.verdict_same([0, 0]) == "holds" and stats.verdict_not_worse([0, 1]) == "holds"
+    assert stats.pct_improvement(0.75, 0.70, True) == pytest.approx(7.142857, rel=1e-5)
+    assert stats.pct_improvement(0.9, 1.0, False) == pytest.approx(10.0)
+    fit = stats.ols(np.arange(50), 2 * np.arange(50) + np.random.default_rng(0).normal(0, 1, 50))
+    assert fit["slope"] == pytest.approx(2, abs=0.05) and fit["p"] < 1e-10
+
+
+# --- slices -------------------------------------------------------------------------------------------
+
+def test_train_fraction_keeps_valid_and_test(bench):
+    s = bench["data"].samples
+    half = apply_train_fraction(s, 0.25, seed=3)
+    for split in ("valid", "test"):
+        pd.testing.assert_frame_equal(half[half.split == split].reset_index(drop=True),
+                                      s[s.split == split].reset_index(drop=True))
+    n_train = int((s.split == "train").sum())
+    assert int((half.split == "train").sum()) == round(0.25 * n_train)
+    assert set(half.sample_id) <= set(s.sample_id)
+    again = apply_train_fraction(s, 0.25, seed=3)
+    assert again.sample_id.tolist() == half.sample_id.tolist()
+    assert apply_train_fraction(s, 0.25, seed=4).sample_id.tolist() != half.sample_id.tolist()
+    assert apply_train_fraction(s, 1.0, seed=3) is s
+
+
+def test_user_subset_is_deterministic_and_nested():
+    users = [str(u) for u in range(500)]
+    a = user_subset(users, 150)
+    assert a == user_subset(list(reversed(users)), 150) == user_subset(users * 2, 150)
+    assert len(a) == 150 and set(a) < set(user_subset(users, 200))
+    assert user_subset(users, 150, seed=1) != a
+
+
+def test_same_subslice_for_every_experiment(bench):
+    spec = bench["spec"]
+    runner = _runner(spec, bench["tmp"])
+    ids = [set(runner.slice(e.users).samples.user_id) for e in spec.experiments if e.users is not None]
+    assert len(ids) == 2 and ids[0] == ids[1] and len(ids[0]) == spec.subslice_users
+
+
+def test_spec_validation(tmp_path):
+    with pytest.raises(ReasonrecError, match="unknown key"):
+        _spec(tmp_path, experiments=[{"id": "x", "modle": "ncf"}])
+    with pytest.raises(ReasonrecError, match="tag"):
+        _spec(tmp_path, experiments=[{"id": "x", "tag": "best"}])
+    with pytest.raises(ReasonrecError, match="train_fraction"):
+        _spec(tmp_path, experiments=[{"id": "x", "train_fraction": 1.5}])
+    spec = _spec(tmp_path, experiments=[{"id": "z", "model": "din"}, {"id": "s", "users": "subslice"}])
+    z, s = spec.experiments
+    assert z.explanations == "none" and z.side_features is True and z.tasks == ["classification", "regression"]
+    assert s.explanations == "text" and s.users == 30 and s.train["epochs"] == 3
+
+
+# --- insights -----------------------------------------------------------------------------------------
+
+def test_insights_find_an_items_distinctive_words():
+    rows, sid = [], itertools.count()
+    rng = np.random.default_rng(0)
+    generic = ["great", "story", "actors", "plot", "ending", "music"]
+    for item in ("a", "b", "c", "d"):
+        for _ in range(30):
+            words = list(rng.choice(generic, 3))
+            pos = words + (["zebra", "savanna"] if item == "a" else [str(rng.choice(["drama", "comedy"]))])
+            neg = words + (["slow"] if item == "a" else ["loud"])
+            rows.append({"sample_id": next(sid), "item_id": item, "split": "test" if item in "ab" else "train",
+                         "positive": "The consumer watched this movie because " + " ".join(pos),
+                         "negative": "The consumer did not watch this movie because " + " ".join(neg)})
+    frame = pd.DataFrame(rows)
+    samples, expl = frame[["sample_id", "item_id", "split"]], frame[["sample_id", "positive", "negative"]]
+    kw = item_keywords(expl, samples, "a", top=3, strip_prefixes=["The consumer watched this movie because",
+                                                                   "The consumer did not watch this movie because"])
+    assert set(kw["positive"]["word"]) == {"zebra", "savanna"}      # generic words never outrank them
+    assert kw["negative"]["word"].iloc[0] == "slow"
+    assert not set(kw["positive"]["word"]) & set(generic) and "consumer" not in set(kw["positive"]["word"])
+    assert top_items(samples, expl, n=2) == ["a", "b"]
+
+
+def test_report_insights_come_from_the_run(bench):
+    ins = json.loads((bench["spec"].results_dir / "insights.json").read_text())
+    assert len(ins["items"]) == 3 and ins["model_id"] == "fake:embedded"
+    first = ins["items"][0]
+    assert first["test_samples"] >= 1 and first["profile"]
+    words = [w["word"] for w in first["keywords"]["positive"]]
+    assert words and not {"consumer", "the", "because"} & set(words)
