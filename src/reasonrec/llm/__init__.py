@@ -1,0 +1,39 @@
+"""LLM backends behind one interface (`base.LLMBackend`): embedded GGUF on CPU, OpenAI-compatible
+HTTP servers, in-process vLLM.
+
+    get_backend("embedded")                                  # SmolLM2-135M-Instruct shipped in a wheel
+    get_backend("gguf:/models/gemma-3-270m.gguf")            # any GGUF, same engine
+    get_backend("openai:Qwen2.5-7B-Instruct@http://gpu1:8000/v1")
+    get_backend("vllm:Qwen/Qwen2.5-7B-Instruct")             # GPU machine with vLLM installed
+
+Backends are imported lazily: an HTTP client never loads torch models, and vLLM is only imported
+when asked for.
+"""
+
+from __future__ import annotations
+
+from reasonrec.errors import ReasonrecError
+from reasonrec.llm.base import Capabilities, Generation, GenerationParams, LLMBackend, Prompt
+
+__all__ = ["Capabilities", "Generation", "GenerationParams", "LLMBackend", "Prompt", "get_backend"]
+
+
+def get_backend(spec: str = "embedded", **kwargs) -> LLMBackend:
+    """Build a backend from a spec string; keyword arguments go to its constructor."""
+    kind, _, rest = spec.partition(":")
+    if kind == "embedded" and not rest:
+        from reasonrec.llm.embedded import EmbeddedBackend
+        return EmbeddedBackend(**kwargs)
+    if kind == "gguf" and rest:
+        from reasonrec.llm.embedded import EmbeddedBackend
+        return EmbeddedBackend.from_gguf(rest, **kwargs)
+    if kind == "openai" and "@" in rest:
+        from reasonrec.llm.openai_http import OpenAIHTTPBackend
+        model, _, base_url = rest.partition("@")
+        if model and base_url:
+            return OpenAIHTTPBackend(model, base_url, **kwargs)
+    if kind == "vllm" and rest:
+        from reasonrec.llm.vllm_backend import VLLMBackend
+        return VLLMBackend(rest, **kwargs)
+    raise ReasonrecError(f"LLM backend spec {spec!r}: expected embedded | gguf:/path/file.gguf | "
+                         "openai:MODEL@BASE_URL | vllm:MODEL")

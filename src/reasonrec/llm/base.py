@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
@@ -82,3 +83,24 @@ class LLMBackend(Protocol):
     def score(self, prompts: list[Prompt], continuations: list[str]) -> list[float]:
         """Sum of log-probabilities of each continuation after its prompt (needs capabilities.logprobs)."""
         ...
+
+
+SENTENCE_END = re.compile(r"[.!?](?=\s)")
+
+
+def first_sentence(text: str) -> str:
+    """`text` up to its first '.', '!' or '?' that is followed by whitespace (the papers ask for one
+    sentence); the whole text when there is none."""
+    m = SENTENCE_END.search(text)
+    return text[: m.end()] if m else text
+
+
+def generate_flat(backend: LLMBackend, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
+    """`generate_groups` for backends without prefix sharing: one flat call, members kept adjacent
+    (so a server-side prefix cache sees a group's prompts close together)."""
+    flat = backend.generate([p for g in groups for p in g], params)
+    out, i = [], 0
+    for g in groups:
+        out.append(flat[i:i + len(g)])
+        i += len(g)
+    return out

@@ -1,0 +1,183 @@
+"""The embedded backend: a GGUF model run in-process with transformers on CPU.
+
+Loading a GGUF through transformers dequantizes every tensor and converts the tokenizer (~25 s for
+SmolLM2-135M). The result is saved once as a plain transformers checkpoint (safetensors + config +
+tokenizer files) under `cache_dir()/models/<key>/`, so later loads take well under a second.
+
+Generation goes through `CascadeEngine` (engine.py): shared-prefix prefill, a cascade KV cache and
+continuous batching. `hf_generate` (plain `model.generate`) is kept as the reference it is tested
+and benchmarked against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reasonrec.assets import cache_dir, smollm2_gguf
+from reasonrec.errors import ReasonrecError
+from reasonrec.llm.base import Capabilities, Generation, GenerationParams, Prompt
+from reasonrec.llm.engine import CascadeEngine, Completion, Picker, SentenceStop, hf_generate, picker
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def converted_copy(gguf: Path) -> tuple[Path, dict]:
+    """Directory of the plain-checkpoint copy of `gguf` (made on first use) and its meta.json.
+
+    Keyed by file name + size, so a replaced file of another size gets a fresh copy; the content
+    hash is computed once, at conversion, and recorded for `model_id`.
+    """
+    size = gguf.stat().st_size
+    key = hashlib.sha256(f"{gguf.name}:{size}".encode()).hexdigest()[:16]
+    target = cache_dir() / "models" / key
+    meta_file = target / "meta.json"
+    if meta_file.is_file():
+        return target, json.loads(meta_file.read_text())
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the GGUF marker would make from_pretrained look for a .gguf again
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.parent / f".{key}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head copy
+        tokenizer.save_pretrained(tmp)
+        meta = {"source": gguf.name, "size": size, "sha256": _sha256(gguf)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            tmp.rename(target)  # atomic: readers see a complete directory or none
+        except OSError:
+            if not meta_file.is_file():  # not a concurrent converter that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, json.loads(meta_file.read_text())
+
+
+class EmbeddedBackend:
+    """GGUF model on CPU. dtype: float32 (default) or bfloat16 (~20% slower on CPUs without AMX,
+    and its greedy text drifts from fp32).
+
+    threads: torch CPU threads for the whole process. None leaves torch's default (one per core),
+    right on an idle machine; when other jobs share the cores use 1: OpenMP threads waiting for a
+    descheduled sibling made 2 threads 2.5x slower than 1 on the shared 2-core box.
+    batch_size: prompts decoded together; send calls with at least batch_size / 2 groups so that
+    finished rows can be replaced. One backend serves one thread at a time (a lock).
+    """
+
+    capabilities = Capabilities(batching=True, prefix_sharing=True, logprobs=True)
+
+    def __init__(self, gguf: str | Path | None = None, *, dtype: str = "float32", threads: int | None = None,
+                 batch_size: int = 64, prefill_tokens: int = 2048):
+        if dtype not in DTYPES:
+            raise ReasonrecError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        path = Path(gguf) if gguf is not None else smollm2_gguf()
+        if not path.is_file():
+            raise ReasonrecError(f"GGUF file not found: {path}")
+        if threads:
+            torch.set_num_threads(threads)
+        directory, meta = converted_copy(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]).eval()
+        self.model_id = f"{meta['source']}:sha256={meta['sha256'][:16]}:{dtype}"
+        self.batch_size = batch_size
+        self.engine = CascadeEngine(self.model, batch_size=batch_size, prefill_tokens=prefill_tokens)
+        gen_eos = self.model.generation_config.eos_token_id
+        self.eos_ids = {self.tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])} - {None}
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._stops = {flag: SentenceStop(self.tokenizer, self.eos_ids, flag) for flag in (True, False)}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, **kwargs) -> "EmbeddedBackend":
+        return cls(path, **kwargs)
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        """The model's chat template with the assistant turn opened, then the forced prefix."""
+        messages = [{"role": role, "content": content} for role, content in prompt.messages]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + prompt.prefix
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        # the template already holds BOS and turn markers
+        return self.tokenizer(self.render(prompt), add_special_tokens=False).input_ids
+
+    # -- LLMBackend ----------------------------------------------------------------------------
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[Generation]:
+        return [g[0] for g in self.generate_groups([[p] for p in prompts], params)]
+
+    def generate_groups(self, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
+        ids = [[self.encode(p) for p in g] for g in groups]
+        stop = self._stops[params.stop_at_sentence_end]
+        done = self.generate_ids(ids, params.max_new_tokens, stop.done,
+                                 picker(params.temperature, params.top_p, params.seed))
+        return [[Generation(text=stop.text(c.ids), tokens=len(c.ids), prompt_tokens=len(p),
+                            finish_reason=c.finish_reason) for p, c in zip(gi, gd)]
+                for gi, gd in zip(ids, done)]
+
+    def generate_ids(self, groups: list[list[list[int]]], max_new_tokens: int, done: Callable[[list[int]], bool],
+                     pick: Picker) -> list[list[Completion]]:
+        """The engine on token ids, with any stop rule (`done`) and token picker: for callers that
+        render prompts themselves (the OpenAI-compatible server)."""
+        with self._lock:
+            return self.engine.generate(groups, max_new_tokens, done, pick)
+
+    def generate_reference(self, prompts: list[Prompt], params: GenerationParams,
+                           batch_size: int | None = None) -> list[Generation]:
+        """Plain greedy `model.generate` (left-padded batches): the baseline and test oracle."""
+        ids = [self.encode(p) for p in prompts]
+        stop = self._stops[params.stop_at_sentence_end]
+        with self._lock:
+            out = hf_generate(self.model, ids, params.max_new_tokens, stop, batch_size or self.batch_size, self.pad_id)
+        return [Generation(text=stop.text(o), tokens=len(o), prompt_tokens=len(p),
+                           finish_reason="length" if len(o) >= params.max_new_tokens and not stop.done(o) else "stop")
+                for p, o in zip(ids, out)]
+
+    def score(self, prompts: list[Prompt], continuations: list[str]) -> list[float]:
+        """Sum of log-probabilities of each continuation's tokens after its rendered prompt."""
+        if len(prompts) != len(continuations):
+            raise ReasonrecError(f"score: {len(prompts)} prompts but {len(continuations)} continuations")
+        pairs = [(self.encode(p), self.tokenizer(c, add_special_tokens=False).input_ids)
+                 for p, c in zip(prompts, continuations)]
+        out: list[float] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = pairs[start:start + self.batch_size]
+                width = max(len(p) + len(c) for p, c in chunk)
+                ids = torch.full((len(chunk), width), self.pad_id)
+                mask = torch.zeros(len(chunk), width, dtype=torch.long)
+                for i, (p, c) in enumerate(chunk):
+                    ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+                    mask[i, : len(p) + len(c)] = 1
+                logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+                for i, (p, c) in enumerate(chunk):
+                    # the logits at position t predict token t + 1
+                    rows = logprobs[i, len(p) - 1: len(p) + len(c) - 1]
+                    out.append(float(rows.gather(1, torch.tensor(c)[:, None]).sum()))
+        return out
