@@ -17,6 +17,7 @@ class FakeLLM:
     def __init__(self, model_id: str = "fake-llm", fail_every: int = 0, reply=None):
         self.model_id = model_id
         self.calls: list[int] = []      # batch sizes seen
+        self.group_sizes: list[int] = []
         self.prompts: list[Prompt] = []
         self.fail_every = fail_every    # every n-th prompt comes back as a backend error
         self.reply = reply
@@ -39,6 +40,7 @@ class FakeLLM:
         return out
 
     def generate_groups(self, groups, params: GenerationParams):
+        self.group_sizes.extend(len(g) for g in groups)
         flat = self.generate([p for g in groups for p in g], params)
         out, i = [], 0
         for g in groups:

@@ -103,6 +103,9 @@ def test_job_generates_once_and_resumes(tiny, tmp_path):
     prof, expl = summaries
     n_items = len(set(tiny.samples.item_id) | {i for h in tiny.samples.history for i in h})
     assert prof.generated == n_items
+    # profiles travel one per group, a sample's positive and negative together
+    assert llm.group_sizes[:n_items] == [1] * n_items
+    assert set(llm.group_sizes[n_items:]) == {2}
     assert expl.requested == expl.generated <= 2 * len(tiny.samples)
     # the second run sends nothing: everything is cached
     sent = len(llm.prompts)

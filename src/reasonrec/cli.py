@@ -90,7 +90,7 @@ def explain(
     profiles: bool = typer.Option(True, help="describe items by LLM-written profiles (the CoT step)"),
     split: Optional[list[str]] = typer.Option(None, help="only these splits (repeatable) [default: all]"),
     max_samples: Optional[int] = typer.Option(None, help="only the first N samples (after the split filter)"),
-    batch_size: int = typer.Option(32, help="samples per batch"),
+    batch_size: int = typer.Option(128, help="samples per batch (one store commit each)"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"), help="the explanation store"),
     summary_json: Optional[Path] = typer.Option(None, help="also write the run summary here"),
 ):
@@ -258,6 +258,184 @@ def cache_stats(store: Path = typer.Option(Path("artifacts/store/explanations.sq
         typer.echo("the store is empty")
         return
     typer.echo(df.groupby(["model_id", "task", "status"]).size().to_string())
+
+
+bench_app = typer.Typer(help="Benchmarks: a YAML spec -> cached runs -> results.csv -> REPORT.md.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _parse_seeds(seeds: Optional[str]) -> Optional[list[int]]:
+    if not seeds:
+        return None
+    try:
+        return [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+
+
+@bench_app.command("run")
+def bench_run(
+    spec: Path = typer.Argument(..., help="a spec file, e.g. benchmarks/specs/paper.yaml"),
+    only: list[str] = typer.Option([], "--only", help="run only these experiment ids (repeatable)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, overriding the spec's"),
+    strict: bool = typer.Option(False, help="stop at the first missing explanations or failed run"),
+    results: Optional[Path] = typer.Option(None, help="results root [default: the spec's, benchmarks/results]"),
+    encoder_cache: Path = typer.Option(Path("artifacts/cache/bench-encoders"),
+                                       help="fitted text encoders, reused across seeds, tasks and invocations"),
+    report: bool = typer.Option(True, help="regenerate the report afterwards"),
+    progress: bool = typer.Option(False, help="progress bars inside each fit"),
+):
+    """Run a spec's experiments x tasks x seeds; finished runs are cached and skipped."""
+    from reasonrec.bench.report import build_report
+    from reasonrec.bench.runner import BenchRunner
+    from reasonrec.bench.spec import load_spec
+
+    s = load_spec(spec, {"results": str(results)} if results else None)
+    counts = BenchRunner(s, strict=strict, progress=progress, encoder_cache=encoder_cache).run(only or None,
+                                                                                              _parse_seeds(seeds))
+    if report and counts["rows"]:
+        typer.echo(f"report: {build_report(s.results_dir, s.report_dir)}")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@bench_app.command("report")
+def bench_report(
+    spec: Optional[str] = typer.Option(None, help="spec name (or spec file); default: every spec with results"),
+    results: Path = typer.Option(Path("benchmarks/results"), help="results root"),
+    out: Path = typer.Option(Path("benchmarks"), help="reports go to OUT/<spec>/REPORT.md (+ figures/)"),
+):
+    """Regenerate benchmarks/<spec>/REPORT.md and its figures from the results alone (no training)."""
+    from reasonrec.bench.report import build_report
+
+    if spec and spec.endswith((".yaml", ".yml")):
+        from reasonrec.bench.spec import load_spec
+
+        s = load_spec(spec)
+        names, results, out = [s.name], s.results_root, s.report_root
+    else:
+        names = [spec] if spec else sorted(p.parent.name for p in results.glob("*/results.csv"))
+    if not names:
+        raise ReasonrecError(f"no results under {results}; run `reasonrec bench run SPEC.yaml` first")
+    for name in names:
+        typer.echo(f"wrote {build_report(results / name, out / name)}")
+
+
+@bench_app.command("plan")
+def bench_plan(spec: Path = typer.Argument(..., help="a spec file"),
+               only: list[str] = typer.Option([], "--only", help="only these experiment ids")):
+    """Explanation coverage per experiment and the `reasonrec explain` commands for what is missing."""
+    from reasonrec.bench.runner import BenchRunner
+    from reasonrec.bench.spec import load_spec
+
+    runner = BenchRunner(load_spec(spec), echo=typer.echo)
+    todo: dict[str, str] = {}
+    for row in runner.explanation_plan(only or None):
+        cov = "missing" if row["coverage"] is None else f"{row['coverage']:.1%}"
+        typer.echo(f"{'ready' if row['ready'] else 'TODO '}  {row['id']:<28} slice {row['slice']:<6} "
+                   f"{row['samples']:>6,} samples  {row['llm']:<9} {row['variant']:<14}"
+                   f"{'' if row['profiles'] else ' no-profiles'} coverage {cov}")
+        if not row["ready"]:
+            todo[row["command"]] = f"{row['prompts']:,} prompts" + (" + item profiles" if row["profiles"] else "")
+    if todo:
+        typer.echo("\nto generate what is missing (each resumes where it stopped):")
+        for command, size in todo.items():
+            typer.echo(f"  {command}    # {size}")
+
+
+@app.command("insights")
+def insights(
+    item: str = typer.Option(..., help="item id"),
+    dataset: str = typer.Option("ml-100k-bench", help="prepared dataset directory or name under artifacts/data/"),
+    llm: str = typer.Option("embedded", help="whose explanations to read (embedded | gemma3 | gguf:/path | ...)"),
+    variant: str = typer.Option("contrastive", help="a variant with positive/negative texts"),
+    profiles: bool = typer.Option(True, help="explanations written with item profiles"),
+    top: int = typer.Option(10, help="keywords per side"),
+    store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+):
+    """Top distinctive keywords of the positive and negative explanations about one item."""
+    from reasonrec.bench.insights import format_keywords, insights_for, profiles_of
+    from reasonrec.bench.runner import resolve_llm
+    from reasonrec.data.prepare import load_prepared
+    from reasonrec.pipeline import explainer_for
+
+    if not store.is_file():
+        raise ReasonrecError(f"no explanation store at {store}; run `reasonrec explain` or `reasonrec cache import`")
+    data = load_prepared(_dataset_dir(dataset))
+    if str(item) not in set(data.samples["item_id"].astype(str)):
+        raise ReasonrecError(f"item '{item}' has no samples in {dataset}")
+    explainer = explainer_for(data, resolve_llm(llm), variant, profiles, store)
+    table = explainer.lookup(data.samples, data.items)
+    tasks = explainer.templates.variant_tasks(variant)
+    prefixes = sorted({explainer.templates.tasks[t].prefix for t in tasks}, key=len, reverse=True)
+    profile = profiles_of(explainer, data.items, [item]) if profiles else None
+    found = insights_for(data.samples, data.items, table, [item], top, strip_prefixes=prefixes, profiles=profile)
+    if not found[0]["explained"]:
+        raise ReasonrecError(f"no '{variant}' explanations of item {item} from {explainer.model_id} in {store}; "
+                             f"generate them with `reasonrec explain --dataset {dataset} --llm {llm} --variant {variant}"
+                             f"{'' if profiles else ' --no-profiles'}`")
+    typer.echo(format_keywords(found[0]))
+
+
+@app.command("align")
+def align_cmd(
+    dataset: str = typer.Option("ml-100k-bench", help="prepared dataset directory or name under artifacts/data/"),
+    stages: str = typer.Option("all", help="comma-separated: ctr, lc, ic, generate, evaluate, aug, report | all"),
+    out: Optional[Path] = typer.Option(None, help="run directory (state, checkpoints) [default: artifacts/align/<dataset>]"),
+    store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"), help="the explanation store"),
+    bench_dir: Path = typer.Option(Path("benchmarks/expctr"), help="where the report stage writes curves and tables"),
+    config: Optional[Path] = typer.Option(None, help="a JSON AlignConfig; the options below override it"),
+    users: Optional[int] = typer.Option(None, help="sub-slice of users for generation and ExpCTR-Aug [default 150]; "
+                                                   "0 = all"),
+    rl_samples: Optional[int] = typer.Option(None, help="train samples used as RL prompts (x2 tasks) [128]"),
+    steps_lc: Optional[int] = typer.Option(None, help="GRPO steps of stage 2 (LC) [36]"),
+    steps_ic: Optional[int] = typer.Option(None, help="GRPO steps of stage 3 (IC + LC) [36]"),
+    rounds: Optional[int] = typer.Option(None, help="iterations of the three stages [1]"),
+    prompts_per_step: Optional[int] = typer.Option(None, help="[8]"),
+    group_size: Optional[int] = typer.Option(None, help="completions per prompt [4]"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="RL completion length [40]"),
+    lr: Optional[float] = typer.Option(None), beta: Optional[float] = typer.Option(None, help="KL weight (> 0)"),
+    temperature: Optional[float] = typer.Option(None),
+    lora_targets: Optional[str] = typer.Option(None, help="all-linear | attention"),
+    lora_r: Optional[int] = typer.Option(None),
+    w_lc: Optional[float] = typer.Option(None, help="LC weight in stage 3 (stage 2 uses LC only)"),
+    w_ic: Optional[float] = typer.Option(None, help="IC weight in stage 3"),
+    w_fmt: Optional[float] = typer.Option(None, help="format weight, both stages"),
+    ic_kind: Optional[str] = typer.Option(None, help="kl | sq"),
+    backbone: Optional[str] = typer.Option(None, help="the ID-based CTR model from the zoo [deepfm]"),
+    encoder: Optional[str] = typer.Option(None, help="ExpCTR-Aug text encoder [autoencoder]"),
+    seeds: Optional[str] = typer.Option(None, help="ExpCTR-Aug seeds [0,1,2,3,4]"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (1 is often faster on a busy 2-core machine)"),
+    progress: bool = typer.Option(True),
+):
+    """ExpCTR: align the explanation generator with LoRA + GRPO on LC / IC rewards (resumable)."""
+    from dataclasses import replace
+
+    from reasonrec.align.loop import AlignConfig, run_align
+
+    cfg = AlignConfig.from_dict(json.loads(config.read_text())) if config else AlignConfig()
+    path = _dataset_dir(dataset)
+    top = {"dataset": str(path), "out": str(out or Path("artifacts") / "align" / path.name), "store": str(store),
+           "bench_dir": str(bench_dir), "rl_samples": rl_samples, "steps_lc": steps_lc, "steps_ic": steps_ic,
+           "rounds": rounds, "backbone": backbone, "encoder": encoder, "threads": threads}
+    cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
+    if users is not None:
+        cfg.users = None if users == 0 else users
+    if seeds:
+        cfg.seeds = tuple(int(x) for x in seeds.split(",") if x.strip())
+    grpo = {"prompts_per_step": prompts_per_step, "group_size": group_size, "max_new_tokens": max_new_tokens,
+            "lr": lr, "beta": beta, "temperature": temperature}
+    cfg.grpo = replace(cfg.grpo, **{k: v for k, v in grpo.items() if v is not None})
+    cfg.lora = replace(cfg.lora, **{k: v for k, v in {"targets": lora_targets, "r": lora_r,
+                                                       "alpha": 2 * lora_r if lora_r else None}.items() if v is not None})
+    cfg.weights_ic = replace(cfg.weights_ic, **{k: v for k, v in {"lc": w_lc, "ic": w_ic, "fmt": w_fmt,
+                                                                   "ic_kind": ic_kind}.items() if v is not None})
+    if w_fmt is not None or ic_kind is not None:
+        cfg.weights_lc = replace(cfg.weights_lc, **{k: v for k, v in {"fmt": w_fmt, "ic_kind": ic_kind}.items()
+                                                    if v is not None})
+    state = run_align(cfg, [s.strip() for s in stages.split(",") if s.strip()], echo=typer.echo, progress=progress)
+    typer.echo(json.dumps({k: v for k, v in state.items() if k.endswith(("ctr", "lc", "ic", "aug"))}, indent=2,
+                          default=str))
 
 
 def main():

@@ -27,7 +27,7 @@ class ExplainConfig:
     profiles: bool = True           # LR-Recsys' CoT step: describe items by an LLM-written profile
     profile_words: int = 25         # "succinct": profiles make up most of a prompt's length
     max_new_tokens: int = 48
-    batch_size: int = 32            # samples per batch (a contrastive batch sends twice as many prompts)
+    batch_size: int = 128           # samples per batch; the engine refills freed slots within a batch
     retry_failed: bool = False
 
 
@@ -94,24 +94,25 @@ class Explainer:
         return _Job(make_key(self.model_id, tid, prompt, params), task, tid, prompt, params, group)
 
     def profile_jobs(self, items: pd.DataFrame) -> dict[str, _Job]:
-        return {row["item_id"]: self._job("profile", self.templates.profile_prompt(row, self.cfg.profile_words))
-                for row in items.to_dict("records")}
+        # each profile is its own group: they share nothing beyond the instruction head
+        return {row["item_id"]: self._job("profile", self.templates.profile_prompt(row, self.cfg.profile_words), g)
+                for g, row in enumerate(items.to_dict("records"))}
 
-    def item_texts(self, items: pd.DataFrame, progress: bool = True) -> tuple[dict[str, str], RunSummary | None]:
-        """Item id -> the text that stands for it in prompts: its profile (generated if missing) or
-        its short metadata description."""
-        title = {r["item_id"]: r for r in items.to_dict("records")}
+    def item_texts(self, items: pd.DataFrame, progress: bool = True, generate: bool = True
+                   ) -> tuple[dict[str, str], RunSummary | None]:
+        """Item id -> the text that stands for it in prompts: its LLM profile (generated if missing
+        and `generate`), or its short metadata description when profiles are off or one failed."""
+        records = {r["item_id"]: r for r in items.to_dict("records")}
         if not self.cfg.profiles:
-            return {i: self.templates.describe_item(r) for i, r in title.items()}, None
+            return {i: self.templates.describe_item(r) for i, r in records.items()}, None
         jobs = self.profile_jobs(items)
-        summary = self._execute(list(jobs.values()), "profiles", progress)
+        summary = self._execute(list(jobs.values()), "profiles", progress) if generate else None
         found = self.store.get_many([j.key for j in jobs.values()])
         texts = {}
         for item_id, job in jobs.items():
             entry = found.get(job.key)
-            short = self.templates.describe_item(title[item_id])
-            # a failed profile falls back to the metadata text rather than leaving a hole in prompts
-            texts[item_id] = f"{short}. {entry.text}" if entry and entry.status != "failed" else short
+            ok = entry is not None and entry.status != "failed"
+            texts[item_id] = entry.text if ok else self.templates.describe_item(records[item_id])
         return texts, summary
 
     def sample_jobs(self, samples: pd.DataFrame, texts: dict[str, str]) -> list[_Job]:
@@ -129,27 +130,14 @@ class Explainer:
     # --- running ---------------------------------------------------------------------------
 
     def run(self, samples: pd.DataFrame, items: pd.DataFrame, progress: bool = True) -> list[RunSummary]:
-        needed = set(samples["item_id"]) | {i for h in samples["history"] for i in h}
-        texts, profile_summary = self.item_texts(items[items["item_id"].isin(needed)], progress)
+        texts, profile_summary = self.item_texts(_needed_items(samples, items), progress)
         summary = self._execute(self.sample_jobs(samples, texts), f"explanations[{self.cfg.variant}]", progress)
         return [s for s in (profile_summary, summary) if s is not None]
 
     def lookup(self, samples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
         """sample_id + one text column per task of the variant (None where not generated yet).
         Never calls the LLM for explanations (profiles must already be in the store)."""
-        needed = set(samples["item_id"]) | {i for h in samples["history"] for i in h}
-        sub = items[items["item_id"].isin(needed)]
-        if self.cfg.profiles:
-            jobs = self.profile_jobs(sub)
-            found = self.store.get_many([j.key for j in jobs.values()])
-            rec = {r["item_id"]: r for r in sub.to_dict("records")}
-            texts = {}
-            for item_id, job in jobs.items():
-                short = self.templates.describe_item(rec[item_id])
-                e = found.get(job.key)
-                texts[item_id] = f"{short}. {e.text}" if e and e.status != "failed" else short
-        else:
-            texts = {r["item_id"]: self.templates.describe_item(r) for r in sub.to_dict("records")}
+        texts, _ = self.item_texts(_needed_items(samples, items), progress=False, generate=False)
         jobs = self.sample_jobs(samples, texts)
         found = self.store.get_many([j.key for j in jobs])
         out: dict[int, dict] = {}
@@ -243,6 +231,12 @@ class Explainer:
 
 
 _PAIRED = {t for pair in PAIRED_TASKS for t in pair}
+
+
+def _needed_items(samples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The items a set of samples mentions: candidates and history items."""
+    needed = set(samples["item_id"]) | {i for h in samples["history"] for i in h}
+    return items[items["item_id"].isin(needed)]
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 

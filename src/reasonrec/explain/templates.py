@@ -54,21 +54,19 @@ class TemplateSet:
 
     # --- rendering ---------------------------------------------------------------------
 
+    @staticmethod
+    def _fields(item: dict) -> dict:
+        year = str(item.get("feat_year") or "").strip()
+        return {"title": str(item.get("title") or item.get("item_id")), "year_paren": f" ({year})" if year else "",
+                "categories": str(item.get("categories") or "unknown"), "description": str(item.get("description") or "")}
+
     def describe_item(self, item: dict) -> str:
         """Short text of an item from its metadata (used when no LLM profile exists)."""
-        year = str(item.get("feat_year") or "").strip()
-        fields = {
-            "title": str(item.get("title") or item.get("item_id")),
-            "year_paren": f" ({year})" if year else "",
-            "categories": str(item.get("categories") or "unknown"),
-            "description": str(item.get("description") or ""),
-        }
-        return self.item_text.format(**fields)
+        return self.item_text.format(**self._fields(item))
 
     def profile_prompt(self, item: dict, max_words: int = 25) -> Prompt:
-        title = str(item.get("title") or item.get("item_id"))
         user = self.profile.user.format(item_text=self.describe_item(item), max_words=max_words)
-        return Prompt.user(user, prefix=self.profile.prefix.format(title=title))
+        return Prompt.user(user, prefix=self.profile.prefix.format(**self._fields(item)))
 
     def render(self, task: str, history: list[str], candidate: str) -> Prompt:
         """`history` and `candidate` are item descriptions (profiles or short texts), oldest first."""

@@ -77,27 +77,40 @@ def converted_copy(gguf: Path) -> tuple[Path, dict]:
     return target, json.loads(meta_file.read_text())
 
 
+def free_cores() -> int:
+    """Cores not busy with other work, judged from the 1-minute load average less our own threads.
+
+    Re-checked before every batch: with a sibling job on a 2-core box, two OpenMP threads wait on a
+    descheduled partner and run ~10x slower than one, while on an idle box two are faster."""
+    cores = os.cpu_count() or 1
+    try:
+        others = os.getloadavg()[0] - torch.get_num_threads()
+    except OSError:
+        return cores
+    return max(1, min(cores, cores - int(round(max(others, 0.0)))))
+
+
 class EmbeddedBackend:
     """GGUF model on CPU. dtype: float32 (default) or bfloat16 (~20% slower on CPUs without AMX,
     and its greedy text drifts from fp32).
 
-    threads: torch CPU threads for the whole process. None leaves torch's default (one per core),
-    right on an idle machine; when other jobs share the cores use 1: OpenMP threads waiting for a
-    descheduled sibling made 2 threads 2.5x slower than 1 on the shared 2-core box.
+    threads: torch CPU threads. "auto" (default) re-picks before every batch from the cores other
+    jobs leave free (`free_cores`); an int fixes it; None leaves torch's default (one per core).
     batch_size: prompts decoded together; send calls with at least batch_size / 2 groups so that
     finished rows can be replaced. One backend serves one thread at a time (a lock).
     """
 
     capabilities = Capabilities(batching=True, prefix_sharing=True, logprobs=True)
 
-    def __init__(self, gguf: str | Path | None = None, *, dtype: str = "float32", threads: int | None = None,
+    def __init__(self, gguf: str | Path | None = None, *, dtype: str = "float32", threads: int | str | None = "auto",
                  batch_size: int = 64, prefill_tokens: int = 2048):
         if dtype not in DTYPES:
             raise ReasonrecError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
         path = Path(gguf) if gguf is not None else smollm2_gguf()
         if not path.is_file():
             raise ReasonrecError(f"GGUF file not found: {path}")
-        if threads:
+        self.threads = threads
+        if isinstance(threads, int):
             torch.set_num_threads(threads)
         directory, meta = converted_copy(path)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -146,6 +159,8 @@ class EmbeddedBackend:
         """The engine on token ids, with any stop rule (`done`) and token picker: for callers that
         render prompts themselves (the OpenAI-compatible server)."""
         with self._lock:
+            if self.threads == "auto":
+                torch.set_num_threads(free_cores())
             return self.engine.generate(groups, max_new_tokens, done, pick)
 
     def generate_reference(self, prompts: list[Prompt], params: GenerationParams,
