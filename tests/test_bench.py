@@ -36,8 +36,11 @@ def _reply(prompt) -> str:
     h = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
     if prompt.prefix.startswith("Rating"):
         return f" {h % 5 + 1}"
-    genres = re.findall(r"genres: ([A-Za-z', |-]+)", text)
-    cand = genres[-1].replace("|", " ").replace(",", " ").lower() if genres else "unknown"
+    # the candidate's genres: from its metadata line (profile prompts, prompts without profiles) or
+    # from its fake profile, which repeats them ("... is they enjoy <genres> stories ...")
+    found = re.findall(r"recommended movie: [^\n]*?(?:genres: |enjoy )([A-Za-z', |-]+?)(?: stories|\\n|\"|$)", text)
+    found = found or re.findall(r"genres: ([A-Za-z', |-]+)", text)
+    cand = found[-1].replace("|", " ").replace(",", " ").lower().strip() if found else "unknown"
     return f" they enjoy {cand} stories with {MOODS[h % len(MOODS)]} moments."
 
 
