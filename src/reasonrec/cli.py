@@ -210,6 +210,38 @@ bench_app = typer.Typer(help="Benchmarks: throughput, serving latency, the paper
 app.add_typer(bench_app, name="bench")
 
 
+@bench_app.command("throughput")
+def bench_throughput(
+    dataset: Optional[str] = typer.Option("ml-100k-bench", help="take real prompts (with the stored item "
+                                                                "profiles) from this prepared dataset; "
+                                                                "'synthetic' for generated ones"),
+    samples: int = typer.Option(64), single: Optional[int] = typer.Option(None, help="samples for mode (a) "
+                                                                                   "[default: all]"),
+    batch_size: int = typer.Option(64), threads: Optional[int] = typer.Option(None, help="[default: auto]"),
+    out: Optional[Path] = typer.Option(None, help="also write the results as JSON"),
+):
+    """One process, the same samples: (a) one prompt at a time, (b) batched generate, (c) the engine."""
+    from reasonrec.bench.throughput import run_throughput
+    from reasonrec.llm import get_backend
+
+    backend = get_backend("embedded", threads=threads or "auto", batch_size=batch_size)
+    pairs = None
+    if dataset != "synthetic":
+        from reasonrec.data.prepare import load_prepared
+        from reasonrec.pipeline import explainer_for
+
+        data = load_prepared(_dataset_dir(dataset))
+        test = data.samples[data.samples["split"] == "test"].sample(samples, random_state=0)
+        explainer = explainer_for(data, backend=backend)
+        texts, _ = explainer.item_texts(data.items, progress=False, generate=False)
+        jobs = explainer.sample_jobs(test, texts)
+        pairs = [(jobs[i].prompt, jobs[i + 1].prompt) for i in range(0, len(jobs), 2)]
+    result = run_throughput(samples, pairs, backend=backend, batch_size=batch_size, single_samples=single)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))
+
+
 @bench_app.command("serve")
 def bench_serve(
     bundle: Optional[Path] = typer.Option(None, help="[default: build a small synthetic bundle]"),
@@ -384,7 +416,8 @@ def align_cmd(
     out: Optional[Path] = typer.Option(None, help="run directory (state, checkpoints) [default: artifacts/align/<dataset>]"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"), help="the explanation store"),
     bench_dir: Path = typer.Option(Path("benchmarks/expctr"), help="where the report stage writes curves and tables"),
-    config: Optional[Path] = typer.Option(None, help="a JSON AlignConfig; the options below override it"),
+    config: Optional[Path] = typer.Option(None, help="a JSON AlignConfig [default: the run directory's config.json "
+                                                     "when it exists]; the options below override it"),
     users: Optional[int] = typer.Option(None, help="sub-slice of users for generation and ExpCTR-Aug [default 150]; "
                                                    "0 = all"),
     rl_samples: Optional[int] = typer.Option(None, help="train samples used as RL prompts (x2 tasks) [128]"),
@@ -413,9 +446,12 @@ def align_cmd(
 
     from reasonrec.align.loop import AlignConfig, run_align
 
-    cfg = AlignConfig.from_dict(json.loads(config.read_text())) if config else AlignConfig()
     path = _dataset_dir(dataset)
-    top = {"dataset": str(path), "out": str(out or Path("artifacts") / "align" / path.name), "store": str(store),
+    out = out or Path("artifacts") / "align" / path.name
+    saved = config or (out / "config.json" if (out / "config.json").is_file() else None)
+    # a run directory keeps its settings: resuming needs only the options that change
+    cfg = AlignConfig.from_dict(json.loads(saved.read_text())) if saved else AlignConfig()
+    top = {"dataset": str(path), "out": str(out), "store": str(store),
            "bench_dir": str(bench_dir), "rl_samples": rl_samples, "steps_lc": steps_lc, "steps_ic": steps_ic,
            "rounds": rounds, "backbone": backbone, "encoder": encoder, "threads": threads}
     cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})

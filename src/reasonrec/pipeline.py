@@ -20,13 +20,13 @@ DEFAULT_STORE = Path("artifacts/store/explanations.sqlite")
 
 
 def explainer_for(data: Prepared, llm: str = "embedded", variant: str = "contrastive", profiles: bool = True,
-                  store: str | Path = DEFAULT_STORE, **config):
+                  store: str | Path = DEFAULT_STORE, backend=None, **config):
     from reasonrec.explain.generate import ExplainConfig, Explainer
     from reasonrec.explain.store import ExplanationStore
     from reasonrec.explain.templates import load_templates
     from reasonrec.llm import get_backend
 
-    return Explainer(get_backend(llm), ExplanationStore(store), load_templates(data.card.get("domain", "movie")),
+    return Explainer(backend or get_backend(llm), ExplanationStore(store), load_templates(data.card.get("domain", "movie")),
                      ExplainConfig(variant=variant, profiles=profiles, **config))
 
 

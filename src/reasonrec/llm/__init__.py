@@ -2,6 +2,7 @@
 HTTP servers, in-process vLLM.
 
     get_backend("embedded")                                  # SmolLM2-135M-Instruct shipped in a wheel
+    get_backend("gemma3")                                    # Gemma-3-270M from its chunk wheels
     get_backend("gguf:/models/gemma-3-270m.gguf")            # any GGUF, same engine
     get_backend("openai:Qwen2.5-7B-Instruct@http://gpu1:8000/v1")
     get_backend("vllm:Qwen/Qwen2.5-7B-Instruct")             # GPU machine with vLLM installed
@@ -24,6 +25,10 @@ def get_backend(spec: str = "embedded", **kwargs) -> LLMBackend:
     if kind == "embedded" and not rest:
         from reasonrec.llm.embedded import EmbeddedBackend
         return EmbeddedBackend(**kwargs)
+    if kind == "gemma3" and not rest:  # the optional second embedded size (Gemma terms)
+        from reasonrec.assets import gemma3_gguf
+        from reasonrec.llm.embedded import EmbeddedBackend
+        return EmbeddedBackend.from_gguf(gemma3_gguf(), **kwargs)
     if kind == "gguf" and rest:
         from reasonrec.llm.embedded import EmbeddedBackend
         return EmbeddedBackend.from_gguf(rest, **kwargs)
@@ -35,5 +40,5 @@ def get_backend(spec: str = "embedded", **kwargs) -> LLMBackend:
     if kind == "vllm" and rest:
         from reasonrec.llm.vllm_backend import VLLMBackend
         return VLLMBackend(rest, **kwargs)
-    raise ReasonrecError(f"LLM backend spec {spec!r}: expected embedded | gguf:/path/file.gguf | "
+    raise ReasonrecError(f"LLM backend spec {spec!r}: expected embedded | gemma3 | gguf:/path/file.gguf | "
                          "openai:MODEL@BASE_URL | vllm:MODEL")
