@@ -118,3 +118,24 @@ def test_free_vectors_and_regression(small):
     assert 0.5 < m["rmse"] < 2.0 and m["rmse_norm"] == pytest.approx(m["rmse"] / 4)
     preds = reg.predict(small.samples.head(20))
     assert ((preds >= 1) & (preds <= 5)).all()
+
+
+def test_explain_live_generates_only_the_new_pair(small, tmp_path):
+    from reasonrec.explain.generate import ExplainConfig, Explainer
+    from reasonrec.explain.store import ExplanationStore
+    from reasonrec.explain.templates import load_templates
+    from tests.fakes import FakeLLM
+
+    expl = synthetic_explanations(small.samples)
+    rec = LRRecsys(epochs=2, encoder_options={"epochs": 2, "min_count": 1}).fit(small, expl)
+    llm = FakeLLM()
+    explainer = Explainer(llm, ExplanationStore(tmp_path / "s.sqlite"), load_templates("movie"),
+                          ExplainConfig(profiles=False))
+    user = small.samples.user_id.iloc[0]
+    seen = set(small.samples.loc[small.samples.user_id == user, "item_id"])
+    item = next(i for i in small.items.item_id if i not in seen)
+    out = rec.explain_live(user, item, explainer)
+    assert out["has_explanations"] and out["explanations"]["positive"].startswith("The consumer watched")
+    assert len(llm.prompts) == 2 and out["history"] == rec.user_history[user]
+    again = rec.explain_live(user, item, explainer)
+    assert len(llm.prompts) == 2 and again["score"] == out["score"]   # served from the store

@@ -193,23 +193,40 @@ class Recommender:
         rows = self.texts[(self.texts["user_id"] == str(user_id)) & (self.texts["item_id"] == str(item_id))]
         if len(rows):
             row = rows.sort_values("timestamp").iloc[[-1]]
-        else:
-            row = pd.DataFrame([{"sample_id": -1, "user_id": str(user_id), "item_id": str(item_id),
-                                 "timestamp": 0, "history": self.user_history.get(str(user_id), []),
-                                 "rating": np.nan, "label": 0, "split": "new"}])
-            for c in self.texts.columns:
-                if c.startswith("ctx_"):
-                    row[c] = 0
-        texts = {c: (row[c].iloc[0] if c in row.columns and isinstance(row[c].iloc[0], str) else None)
-                 for c in self.config.text_columns}
+            texts = {c: (row[c].iloc[0] if c in row.columns and isinstance(row[c].iloc[0], str) else None)
+                     for c in self.config.text_columns}
+            return self._score_row(row, texts)
+        return self._score_row(self._new_pair(user_id, item_id), {c: None for c in self.config.text_columns})
+
+    def explain_live(self, user_id: str, item_id: str, explainer) -> dict:
+        """Like `explain` for a pair never seen before: its explanations are generated now (or read
+        from the store if an earlier call wrote them) with the user's latest history."""
+        self._require_fitted()
+        row = self._new_pair(user_id, item_id)
+        explainer.run(row, self._items_full, progress=False)
+        found = explainer.lookup(row, self._items_full)
+        texts = {c: (found[c].iloc[0] if c in found.columns else None) for c in self.config.text_columns}
+        return self._score_row(row, texts)
+
+    def _new_pair(self, user_id: str, item_id: str) -> pd.DataFrame:
+        row = pd.DataFrame([{"sample_id": -1, "user_id": str(user_id), "item_id": str(item_id), "timestamp": 0,
+                             "history": self.user_history.get(str(user_id), []), "rating": np.nan, "label": 0,
+                             "split": "new"}])
+        for c in self.texts.columns:
+            if c.startswith("ctx_"):
+                row[c] = 0
+        return row
+
+    def _score_row(self, row: pd.DataFrame, texts: dict) -> dict:
         expl = pd.DataFrame([{"sample_id": row["sample_id"].iloc[0], **{k: v or "" for k, v in texts.items()}}])
         score, attn = self.predict(row.assign(label=0, rating=0.0), expl if self.uses_text else None,
                                    return_attention=True)
-        out = {"user_id": str(user_id), "item_id": str(item_id), "score": float(score[0]),
+        user_id, item_id = row["user_id"].iloc[0], row["item_id"].iloc[0]
+        out = {"user_id": user_id, "item_id": item_id, "score": float(score[0]),
                "task": self.config.task, "explanations": texts,
                "has_explanations": all(v for v in texts.values()) if self.uses_text else False,
-               "known_user": str(user_id) in self.featurizer.spec.users,
-               "known_item": str(item_id) in self.featurizer.spec.items,
+               "known_user": user_id in self.featurizer.spec.users,
+               "known_item": item_id in self.featurizer.spec.items,
                "history": list(row["history"].iloc[0])}
         names = getattr(self.model, "input_names", None)
         if attn is not None and names:
