@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from reasonrec.llm.base import Capabilities, Generation, GenerationParams, Prompt
+from reasonrec.llm.base import Capabilities, Generation, GenerationParams, Prompt, generate_flat
 
 
 class FakeLLM:
@@ -41,9 +41,4 @@ class FakeLLM:
 
     def generate_groups(self, groups, params: GenerationParams):
         self.group_sizes.extend(len(g) for g in groups)
-        flat = self.generate([p for g in groups for p in g], params)
-        out, i = [], 0
-        for g in groups:
-            out.append(flat[i:i + len(g)])
-            i += len(g)
-        return out
+        return generate_flat(self, groups, params)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Iterable
 import pandas as pd
 
 from reasonrec.llm.base import GenerationParams, Prompt
+from reasonrec.sqlite import LocalDB
 
 COLUMNS = ["key", "model_id", "template", "task", "text", "raw", "status", "repairs", "tokens",
            "prompt_tokens", "created"]
@@ -47,32 +47,14 @@ class Entry:
     created: float = 0.0
 
 
-class ExplanationStore:
+class ExplanationStore(LocalDB):
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        super().__init__(path)
         with self._conn() as con:
             con.execute(f"""CREATE TABLE IF NOT EXISTS generations (
                 key TEXT PRIMARY KEY, model_id TEXT NOT NULL, template TEXT NOT NULL, task TEXT NOT NULL,
                 text TEXT NOT NULL, raw TEXT NOT NULL, status TEXT NOT NULL, repairs TEXT NOT NULL,
                 tokens INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, created REAL NOT NULL)""")
-
-    def _conn(self) -> sqlite3.Connection:
-        # one connection per thread: sqlite3 connections must not cross threads (the server's worker)
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-            self._local.con = con
-        return con
-
-    def close(self):
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
 
     def put_many(self, entries: Iterable[Entry]) -> int:
         rows = [(e.key, e.model_id, e.template, e.task, e.text, e.raw, e.status, e.repairs, e.tokens,

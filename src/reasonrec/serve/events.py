@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reasonrec.sqlite import LocalDB
+
 
 # a job that was superseded (the history moved on, then came back to the same items) is revived;
 # done, pending and failed jobs are left as they are
@@ -51,11 +53,9 @@ class Job:
     attempts: int
 
 
-class StateDB:
+class StateDB(LocalDB):
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        super().__init__(path)
         self._write_lock = threading.Lock()   # one writer at a time inside this process
         con = self._conn()
         con.executescript("""
@@ -73,21 +73,6 @@ class StateDB:
                 user_id TEXT NOT NULL, item_id TEXT NOT NULL, sig TEXT NOT NULL, model_id TEXT NOT NULL,
                 keys TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (user_id, sig, item_id));
         """)
-
-    def _conn(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
-            self._local.con = con
-        return con
-
-    def close(self):
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
 
     def _tx(self, fn):
         with self._write_lock:

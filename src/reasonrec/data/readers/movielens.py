@@ -156,12 +156,7 @@ def _read_mlcsv(path: Path, skip_bad_rows: bool) -> RawDataset:
     ratings = path / "ratings.csv"
     with open(ratings, encoding="utf-8") as fh:
         header = fh.readline().strip().split(",")
-    expected = ["userId", "movieId", "rating", "timestamp"]
-    missing = [c for c in expected if c not in header]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; header is {header}", file=str(ratings), line=1,
-                        field=missing[0])
-    idx = [header.index(c) for c in expected]
+    idx = _column_index(ratings, header, ["userId", "movieId", "rating", "timestamp"])
 
     def rows():
         for line_no, parts in _split_lines(ratings, ",", skip_header=True):
@@ -187,12 +182,7 @@ def read_recbole_atomic(path: Path, name: str, *, skip_bad_rows: bool = False) -
     """RecBole atomic files: tab-separated, header `field:type`."""
     inter_file = path / f"{name}.inter"
     header = _atomic_header(inter_file)
-    want = ["user_id", "item_id", "rating", "timestamp"]
-    missing = [c for c in want if c not in header]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; header is {header}", file=str(inter_file), line=1,
-                        field=missing[0])
-    idx = [header.index(c) for c in want]
+    idx = _column_index(inter_file, header, ["user_id", "item_id", "rating", "timestamp"])
 
     def rows():
         for line_no, parts in _split_lines(inter_file, "\t", skip_header=True):
@@ -221,6 +211,14 @@ def read_recbole_atomic(path: Path, name: str, *, skip_bad_rows: bool = False) -
         users = pd.DataFrame([{"user_id": r["user_id"], **{f"feat_{k}": v for k, v in r.items()
                                                             if k not in ("user_id", "zip_code")}} for r in recs])
     return _finish(name, inter, items, users, source=inter_file, items_source=item_file)
+
+
+def _column_index(file: Path, header: list[str], want: list[str]) -> list[int]:
+    """Positions of the wanted columns in a header line; a clear error naming the first missing one."""
+    missing = [c for c in want if c not in header]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; header is {header}", file=str(file), line=1, field=missing[0])
+    return [header.index(c) for c in want]
 
 
 def _atomic_header(file: Path) -> list[str]:
