@@ -39,7 +39,6 @@ def small():
 def test_autoencoder_reconstruction_improves():
     texts = [f"the consumer likes {a} and {b} movies" for a in WORDS for b in WORDS] * 3
     enc = AutoencoderEncoder(AutoencoderConfig(epochs=15, patience=15, min_count=1))
-    ids = None
     enc.fit(texts[:250], texts[250:])
     hist = enc.history
     assert hist[-1]["valid_loss"] < 0.5 * hist[0]["valid_loss"]

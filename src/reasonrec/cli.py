@@ -282,7 +282,7 @@ def cache_import(src: Path, store: Path = typer.Option(Path("artifacts/store/exp
 
 @cache_app.command("stats")
 def cache_stats(store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"))):
-    """Rows per model, task and status."""
+    """Rows per model, task and status; prompt and completion tokens per model and task."""
     from reasonrec.explain.store import ExplanationStore
 
     df = ExplanationStore(store).frame()
@@ -290,6 +290,10 @@ def cache_stats(store: Path = typer.Option(Path("artifacts/store/explanations.sq
         typer.echo("the store is empty")
         return
     typer.echo(df.groupby(["model_id", "task", "status"]).size().to_string())
+    tokens = df.groupby(["model_id", "task"]).agg(rows=("key", "size"), prompt_mean=("prompt_tokens", "mean"),
+                                                  prompt_p95=("prompt_tokens", lambda t: t.quantile(0.95)),
+                                                  completion_mean=("tokens", "mean"))
+    typer.echo("\n" + tokens.round(1).to_string())
 
 
 bench_app = typer.Typer(help="Benchmarks: a YAML spec -> cached runs -> results.csv -> REPORT.md.", no_args_is_help=True)
@@ -355,12 +359,19 @@ def bench_report(
 
 @bench_app.command("plan")
 def bench_plan(spec: Path = typer.Argument(..., help="a spec file"),
-               only: list[str] = typer.Option([], "--only", help="only these experiment ids")):
-    """Explanation coverage per experiment and the `reasonrec explain` commands for what is missing."""
+               only: list[str] = typer.Option([], "--only", help="only these experiment ids"),
+               seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, overriding the spec's")):
+    """Runs to do (tuning runs included), explanation coverage per experiment and the `reasonrec
+    explain` commands for what is missing."""
     from reasonrec.bench.runner import BenchRunner
     from reasonrec.bench.spec import load_spec
 
     runner = BenchRunner(load_spec(spec), echo=typer.echo)
+    runs = runner.plan(only or None, _parse_seeds(seeds))
+    n_grid = sum(r.grid for r in runs)
+    typer.echo(f"{len(runs)} runs over {len({r.exp.id for r in runs})} experiments: {n_grid} tuning runs (the "
+               f"first seed at every grid point) + {len(runs) - n_grid} more (the other seeds at the chosen point)"
+               if n_grid else f"{len(runs)} runs over {len({r.exp.id for r in runs})} experiments")
     todo: dict[str, str] = {}
     for row in runner.explanation_plan(only or None):
         cov = "missing" if row["coverage"] is None else f"{row['coverage']:.1%}"

@@ -77,8 +77,7 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     n_raw_users = inter["user_id"].nunique()
 
     if cfg.max_users is not None:
-        users = np.array(sorted(inter["user_id"].unique(), key=lambda u: _rank(u, cfg.seed)))
-        inter = inter[inter["user_id"].isin(set(users[: cfg.max_users]))]
+        inter = inter[inter["user_id"].isin(set(user_subset(inter["user_id"].unique(), cfg.max_users, cfg.seed)))]
 
     # Order within a user by time; ties (same second) keep file order so the result is deterministic.
     inter = inter.sort_values(["user_id", "timestamp", "line"], kind="stable").reset_index(drop=True)
@@ -113,8 +112,30 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     return Prepared(samples, items, users, card)
 
 
-def _rank(user_id: str, seed: int) -> str:
-    return hashlib.sha1(f"{seed}:{user_id}".encode()).hexdigest()
+def user_subset(user_ids, n: int | None, seed: int = 0) -> list[str]:
+    """The first n users of a seeded hash ranking (sorted ids; all users if n is None).
+
+    Deterministic, independent of input order, and nested: the 50-user subset lies inside the
+    250-user one, so `--max-users`, the bench sub-slices and the ExpCTR sub-slice share their
+    users and therefore their cached explanations."""
+    ranked = sorted({str(u) for u in user_ids}, key=lambda u: hashlib.sha1(f"{seed}:{u}".encode()).hexdigest())
+    return sorted(ranked if n is None else ranked[:n])
+
+
+def restrict_users(data: "Prepared", n: int | None, seed: int = 0) -> "Prepared":
+    """A prepared dataset cut to `user_subset(..., n, seed)`; the card is recounted."""
+    if n is None:
+        return data
+    keep = set(user_subset(data.samples["user_id"].unique(), n, seed))
+    samples = data.samples[data.samples["user_id"].astype(str).isin(keep)].reset_index(drop=True)
+    card = dict(data.card)
+    sizes = samples["split"].value_counts().reindex(["train", "valid", "test"], fill_value=0)
+    card.update({"interactions": int(len(samples)), "users": int(samples["user_id"].nunique()),
+                 "items": int(samples["item_id"].nunique()),
+                 "split_sizes": {k: int(v) for k, v in sizes.items()},
+                 "split_fractions": {k: round(int(v) / max(len(samples), 1), 4) for k, v in sizes.items()},
+                 "bench_slice": {"users": n, "seed": seed, "of": data.card.get("dataset")}})
+    return Prepared(samples, data.items, data.users, card)
 
 
 def _histories(items: np.ndarray, pos: np.ndarray, k: int) -> list[list[str]]:

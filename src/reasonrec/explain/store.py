@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ class ExplanationStore(LocalDB):
     def __init__(self, path: str | Path):
         super().__init__(path)
         with self._conn() as con:
-            con.execute(f"""CREATE TABLE IF NOT EXISTS generations (
+            con.execute("""CREATE TABLE IF NOT EXISTS generations (
                 key TEXT PRIMARY KEY, model_id TEXT NOT NULL, template TEXT NOT NULL, task TEXT NOT NULL,
                 text TEXT NOT NULL, raw TEXT NOT NULL, status TEXT NOT NULL, repairs TEXT NOT NULL,
                 tokens INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, created REAL NOT NULL)""")
