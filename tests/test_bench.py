@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import yaml
 from reasonrec.bench import stats
 from reasonrec.bench.insights import item_keywords, top_items
 from reasonrec.bench.report import build_report
-from reasonrec.bench.runner import BenchRunner, MissingExplanations, apply_train_fraction, user_subset
+from reasonrec.bench.runner import BenchRunner, MissingExplanations, apply_train_fraction, choose_point
+from reasonrec.data.prepare import user_subset
 from reasonrec.bench.spec import load_spec
 from reasonrec.errors import ReasonrecError
 from reasonrec.explain.generate import ExplainConfig, Explainer
@@ -295,6 +297,157 @@ def test_spec_validation(tmp_path):
     z, s = spec.experiments
     assert z.explanations == "none" and z.side_features is True and z.tasks == ["classification", "regression"]
     assert s.explanations == "text" and s.users == 30 and s.train["epochs"] == 3
+
+
+# --- tuning -------------------------------------------------------------------------------------------
+
+TUNE = {"lr": [0.0005, 0.05], "embed_dim": [4, 16]}       # far-apart lrs: the valid AUCs differ
+TUNED = [{"id": "ncf", "label": "NCF", "tag": "baseline", "model": "ncf", "explanations": "none"},
+         {"id": "ncf-text", "label": "NCF + explanations", "tag": "ncf_backbone", "model": "ncf",
+          "explanations": "text"}]
+
+
+def _tuned_spec(tmp: Path, **overrides):
+    return _spec(tmp, **{"name": "tune", "seeds": [0, 1], "tasks": ["classification"], "tune": TUNE,
+                         "experiments": TUNED, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tuned(bench):
+    """The smoke data and texts, two NCF experiments (with and without texts) tuned on a 2 x 2 grid."""
+    spec = _tuned_spec(bench["tmp"])
+    log: list[str] = []
+    counts = _runner(spec, bench["tmp"], log).run()
+    return {"spec": spec, "counts": counts, "log": log, "grid": pd.read_csv(spec.results_dir / "grid.csv"),
+            "results": pd.read_csv(spec.results_dir / "results.csv")}
+
+
+def _grid_of(grid: pd.DataFrame, exp_id: str) -> pd.DataFrame:
+    return grid[grid["id"] == exp_id].sort_values("grid_index").reset_index(drop=True)
+
+
+def test_choose_point_reads_validation_metrics_only():
+    cls = [{"valid_auc": 0.70, "test_auc": 0.95}, {"valid_auc": 0.75, "test_auc": 0.55},
+           {"valid_auc": 0.75, "test_auc": 0.99}]
+    assert choose_point("classification", cls)[0] == 1          # best valid AUC; the tie goes to the first
+    reg = [{"valid_rmse": 1.0, "test_rmse": 0.5}, {"valid_rmse": 0.9, "test_rmse": 2.0}]
+    assert choose_point("regression", reg)[0] == 1               # lowest valid RMSE
+    assert choose_point("classification", [{"valid_auc": float("nan")}, cls[0]])[0] == 1
+    best, note = choose_point("classification", [cls[0], None])  # an unfinished grid: no choice yet
+    assert best is None and "1 of 2" in note
+
+
+def test_tuning_chooses_the_best_validation_point(tuned):
+    spec, grid, results = tuned["spec"], tuned["grid"], tuned["results"]
+    assert tuned["counts"]["failed"] == 0 and tuned["counts"]["skipped"] == 0, tuned["log"]
+    assert tuned["counts"]["ran"] == 2 * (4 + 1), tuned["log"]   # per experiment: 4 grid points, then seed 1 at the winner
+    for exp in spec.experiments:
+        g = _grid_of(grid, exp.id)
+        assert g["tuned"].map(json.loads).tolist() == exp.grid() and (g["seed"] == 0).all()
+        assert g["valid_auc"].nunique() > 1                           # the choice is not a coin toss
+        expected = g["tuned"].iloc[int(np.argmax(g["valid_auc"].to_numpy()))]   # first maximum
+        assert g.loc[g["chosen"], "tuned"].tolist() == [expected]
+        final = results[results["id"] == exp.id]
+        assert final["seed"].tolist() == [0, 1] and (final["tuned"] == expected).all()
+        point = json.loads(expected)
+        assert (final["lr"] == point["lr"]).all() and (final["embed_dim"] == point["embed_dim"]).all()
+        assert (final["seconds_per_epoch"] > 0).all()
+        # seed 0 of the final runs is the chosen grid run itself, not a second training
+        assert final[final["seed"] == 0]["hash"].iloc[0] == g.loc[g["chosen"], "hash"].iloc[0]
+
+
+def test_tuning_ignores_test_labels(tuned, bench):
+    """Flipping every test label changes the test AUCs but neither the valid AUCs nor the choice."""
+    tmp = bench["tmp"]
+    flipped = tmp / "data" / "smoke-flipped"
+    shutil.copytree(bench["spec"].dataset_dir, flipped, dirs_exist_ok=True)
+    samples = pd.read_parquet(flipped / "samples.parquet")
+    test = samples["split"] == "test"
+    samples.loc[test, "label"] = 1 - samples.loc[test, "label"]
+    samples.to_parquet(flipped / "samples.parquet", index=False)
+    spec = _tuned_spec(tmp, dataset={"dir": str(flipped)}, results=str(tmp / "results-flipped"))
+    counts = _runner(spec, tmp).run(only=["ncf"], seeds=[0])
+    assert counts["ran"] == 4 and counts["failed"] == 0           # the grid only: seed 0 is the grid seed
+    a = _grid_of(tuned["grid"], "ncf")
+    b = _grid_of(pd.read_csv(spec.results_dir / "grid.csv"), "ncf")
+    np.testing.assert_allclose(b["valid_auc"], a["valid_auc"])
+    np.testing.assert_allclose(b["test_auc"], 1 - a["test_auc"], atol=1e-6)
+    assert b.loc[b["chosen"], "tuned"].tolist() == a.loc[a["chosen"], "tuned"].tolist()
+
+
+def test_tuning_runs_are_cached(tuned, bench, monkeypatch):
+    from reasonrec.estimator import Recommender
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached run must not train")
+
+    monkeypatch.setattr(Recommender, "fit", no_training)
+    counts = _runner(tuned["spec"], bench["tmp"]).run()
+    assert counts["ran"] == 0 and counts["cached"] == 10 and counts["failed"] == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tuned["spec"].results_dir / "results.csv"), tuned["results"])
+
+
+def test_growing_the_grid_runs_only_the_new_points(tuned, bench):
+    tmp = bench["tmp"]
+    shutil.copytree(tuned["spec"].results_dir, tmp / "results-wider" / "tune")   # leave the fixture's alone
+    wider = _tuned_spec(tmp, tune={**TUNE, "embed_dim": [4, 16, 32]}, results=str(tmp / "results-wider"))
+    counts = _runner(wider, tmp).run(only=["ncf"])
+    grid = _grid_of(pd.read_csv(wider.results_dir / "grid.csv"), "ncf")
+    moved = grid.loc[grid["chosen"], "embed_dim"].iloc[0] == 32   # a new point won: seed 1 runs there
+    assert counts["cached"] == 4 + (0 if moved else 1) and counts["ran"] == 2 + (1 if moved else 0)
+    assert len(grid) == 6
+
+
+def test_plan_counts_tuning_runs(tuned, bench, tmp_path):
+    from typer.testing import CliRunner
+
+    from reasonrec.cli import app
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    spec = tuned["spec"]
+    raw.update({"name": "tune", "seeds": [0, 1, 2], "tasks": ["classification"], "tune": TUNE, "experiments": TUNED,
+                "dataset": {"dir": str(spec.dataset_dir)}, "store": str(spec.store),
+                "model_ids": {"embedded": "fake:embedded"}})     # no backend is built for the store key
+    f = tmp_path / "tune.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    out = CliRunner().invoke(app, ["bench", "plan", str(f)])
+    assert out.exit_code == 0, out.output
+    assert "12 runs over 2 experiments: 8 tuning runs" in out.output      # 2 x (4 + 2 more seeds)
+
+
+def test_report_shows_explanations_and_chosen_points(tuned):
+    spec = tuned["spec"]
+    text = build_report(spec.results_dir, spec.report_dir).read_text()
+    table = text.split("## With vs without explanations")[1].split("\n## ")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| NCF |"))
+    chosen = {e: json.loads(tuned["results"][tuned["results"]["id"] == e]["tuned"].iloc[0]) for e in ("ncf", "ncf-text")}
+    assert f"lr {chosen['ncf']['lr']:g}, embed_dim {chosen['ncf']['embed_dim']}" in row and "(tuned)" in row
+    assert "| text |" in row and "Δ AUC" in table and "LogLoss ↓ with" in table
+    assert "**Tuning**" in text and "8 grid runs" in text
+
+
+def test_spec_tune_validation(tmp_path):
+    with pytest.raises(ReasonrecError, match=r"experiment 'x'.*tune: cannot tune \['learning_rate'\]"):
+        _spec(tmp_path, experiments=[{"id": "x", "tune": {"learning_rate": [0.1]}}])
+    with pytest.raises(ReasonrecError, match=r"experiment 'x'.*tune.lr"):
+        _spec(tmp_path, experiments=[{"id": "x", "tune": {"lr": []}}])
+    with pytest.raises(ReasonrecError, match=r"experiment 'x'.*tune.embed_dim"):
+        _spec(tmp_path, experiments=[{"id": "x", "tune": {"embed_dim": [8, 8.5]}}])
+    with pytest.raises(ReasonrecError, match=r"experiment 'd'.*only trained"):
+        _spec(tmp_path, experiments=[{"id": "d", "kind": "llm_direct", "tune": {"lr": [0.1]}}])
+    with pytest.raises(ReasonrecError, match=r"tune: cannot tune \['seed'\]"):
+        _spec(tmp_path, tune={"seed": [0, 1]})
+    spec = _spec(tmp_path, tune={"lr": [0.001, "1e-2"], "embed_dim": [8, 16]},
+                 experiments=[{"id": "a"}, {"id": "b", "tune": None}, {"id": "c", "tune": {"dropout": [0, 0.2]}},
+                              {"id": "d", "kind": "llm_direct"}])
+    a, b, c, d = spec.experiments
+    assert a.tune == {"lr": [0.001, 0.01], "embed_dim": [8, 16]}     # the spec's default grid
+    assert a.grid()[1] == {"lr": 0.001, "embed_dim": 16} and len(a.grid()) == 4
+    assert b.tune is None and b.grid() == [] and d.tune is None       # `tune: null` opts out; nothing to tune
+    assert c.grid() == [{"dropout": 0.0}, {"dropout": 0.2}]
+    # a point enters the hash through the values it sets; the grid itself does not (growing it keeps runs)
+    assert a.resolved() == b.resolved()
+    assert a.at(a.grid()[0]).resolved()["train"]["lr"] == 0.001 and a.at(a.grid()[1]).resolved()["embed_dim"] == 16
 
 
 # --- insights -----------------------------------------------------------------------------------------

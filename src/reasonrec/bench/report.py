@@ -85,7 +85,9 @@ class Results:
             self.meta.setdefault(exp_id, {"id": exp_id, "label": g["label"].iloc[0], "tag": g["tag"].iloc[0],
                                           "users": None if pd.isna(g["users"].iloc[0]) else int(g["users"].iloc[0]),
                                           "train_fraction": float(g["train_fraction"].iloc[0]),
-                                          "compare_to": g["compare_to"].iloc[0] if "compare_to" in g else None})
+                                          "compare_to": g["compare_to"].iloc[0] if "compare_to" in g else None,
+                                          "model": g["model"].iloc[0], "explanations": g["explanations"].iloc[0]})
+        self.grid = pd.read_csv(self.dir / "grid.csv") if (self.dir / "grid.csv").is_file() else None
         self._preds: dict = {}
         scale = (self.spec.get("card") or {}).get("rating_scale") or [1.0, 5.0]
         self.width = float(scale[1]) - float(scale[0])
@@ -121,6 +123,32 @@ class Results:
         if not len(v):
             return float("nan"), float("nan"), 0
         return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+    def hparams(self, exp_id: str, task: str | None = None) -> str:
+        """The lr and embed_dim an experiment's runs trained with, plus whatever its grid chose."""
+        d = self.df[(self.df["id"] == exp_id) & ((self.df["task"] == task) if task else True)]
+        if not len(d) or "lr" not in d or d["lr"].isna().all():
+            return "—"
+        values = {"lr": d["lr"].iloc[0], "embed_dim": d["embed_dim"].iloc[0]}
+        tuned = d["tuned"].dropna()
+        if len(tuned):
+            values.update(json.loads(tuned.iloc[0]))
+        return ", ".join(f"{k} {float(v):g}" for k, v in values.items()) + (" (tuned)" if len(tuned) else "")
+
+    def seconds_per_epoch(self, exp_id: str, task: str) -> float:
+        d = self.df[(self.df["id"] == exp_id) & (self.df["task"] == task)]
+        return float(d["seconds_per_epoch"].mean()) if len(d) else float("nan")
+
+    def explanation_pairs(self) -> list[tuple[str, str]]:
+        """(without, with) experiment pairs: the same trained model on the same slice and training
+        data, once without explanations and once reading them (text or free vectors)."""
+        def key(e):
+            return e.get("model"), _users(e), float(e.get("train_fraction", 1.0))
+
+        trained = [e for e in self.meta.values() if e.get("kind", "train") == "train" and e.get("model")]
+        plain = {key(e): e["id"] for e in trained if e.get("explanations") == "none"}
+        return [(plain[key(e)], e["id"]) for e in trained
+                if e.get("explanations") in ("text", "free") and key(e) in plain]
 
     def row_info(self, exp_id: str) -> dict:
         d = self.df[self.df["id"] == exp_id]
@@ -234,6 +262,10 @@ def _seed_text(seeds: list) -> str:
     return f"{len(seeds)} ({', '.join(map(str, seeds))})"
 
 
+def _grid_text(tune: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in tune.items()) + "}"
+
+
 def _read_json(f: Path):
     return json.loads(f.read_text()) if f.is_file() else None
 
@@ -344,15 +376,16 @@ class Report:
             f"- **Dataset**: {card.get('dataset')} prepared as `{spec.get('dataset_dir')}`: "
             f"{card.get('interactions', 0):,} samples, {card.get('users', 0):,} users, {card.get('items', 0):,} items, "
             f"splits {card.get('split_sizes')}, label = rating ≥ {card.get('label_threshold')}.",
-            f"- **LLMs**: " + ", ".join(f"`{k}` = {spec.get('llm_names', {}).get(k, k)}"
+            "- **LLMs**: " + ", ".join(f"`{k}` = {spec.get('llm_names', {}).get(k, k)}"
                                         + (f" (model id `{v}`)" if v else "")
                                         for k, v in {**{spec.get('llm'): None}, **spec.get('model_ids', {})}.items()
                                         if k),
             f"- **Seeds** (default): {_seed_text(spec.get('seeds', []))}; tasks: {', '.join(spec.get('tasks', []))}.",
-            f"- **Tests**: per-seed paired t-test (one-sample t against a deterministic row), DeLong's test on the "
-            f"seed-averaged test predictions for AUC. *** p < 0.01, ** p < 0.05. † marks the best baseline.",
-            f"- RMSE/MAE are on the 1–5 rating scale; RMSE/4 and MAE/4 divide by the scale width (the scale of the "
-            f"paper's tables). LLM-direct rows have no LogLoss (a rating is not a probability).", ""]
+            "- **Tests**: per-seed paired t-test (one-sample t against a deterministic row), DeLong's test on the "
+            "seed-averaged test predictions for AUC. *** p < 0.01, ** p < 0.05. † marks the best baseline.",
+            "- RMSE/MAE are on the 1–5 rating scale; RMSE/4 and MAE/4 divide by the scale width (the scale of the "
+            "paper's tables). LLM-direct rows have no LogLoss (a rating is not a probability).",
+            *self.tuning_note(), ""]
         slices = spec.get("slices") or {}
         if slices:
             lines += ["## Slices", "", _md_table(["slice", "users", "samples", "train", "valid", "test", "rule"],
@@ -360,6 +393,52 @@ class Report:
                        for k, v in slices.items()]), "",
                       "Rows on a sub-slice are trained and tested on those users only; every comparison uses the "
                       "reference row of the same slice.", ""]
+        return "\n".join(lines)
+
+    def tuning_note(self) -> list[str]:
+        grids = {_grid_text(e["tune"]) for e in self.r.spec.get("experiments", []) if e.get("tune")}
+        if not grids:
+            return []
+        n = 0 if self.r.grid is None else len(self.r.grid)
+        return [f"- **Tuning**: per experiment and task, the first seed runs at every point of the grid "
+                f"{' / '.join(sorted(grids))}; the point with the highest validation AUC (classification) or the "
+                f"lowest validation RMSE (regression) is used for every seed (ties: the first point). Test "
+                f"metrics never enter the choice. The chosen values are in the appendix (and the with/without "
+                f"explanations table); the {n} grid runs are in `grid.csv`, not in the tables."]
+
+    def explanations_table(self) -> str:
+        """Every model without and with explanations: means, differences and paired t-tests per metric."""
+        pairs = [(a, b) for a, b in self.r.explanation_pairs() if self.r.has(a) and self.r.has(b)]
+        if not pairs:
+            return ""
+        lines = ["## With vs without explanations", "",
+                 "Each model trained once without explanations and once reading them (text: the LLM's "
+                 "explanations through the autoencoder; free vectors: learnable vectors in their place), on the "
+                 "same users, data and seeds. Δ = with − without; p: paired t-test across seeds "
+                 "(*** p < 0.01, ** p < 0.05). Hyper-parameters and seconds per epoch: without → with.", ""]
+        for task, metrics in (("classification", ("auc", "logloss")), ("regression", ("rmse", "mae"))):
+            rows, shown = [], []
+            for without, with_ in pairs:
+                if not (self.r.has(without, task) and self.r.has(with_, task)):
+                    continue
+                kind = "free vectors" if self.r.meta[with_].get("explanations") == "free" else "text"
+                cells = [self.r.label(without), kind, self.r.row_info(with_)["seeds"]]
+                for m in metrics:
+                    c = self.r.compare(with_, without, m)
+                    cells += [_cell(*self.r.mean_std(without, m)), _cell(*self.r.mean_std(with_, m)),
+                              f"{c.diff:+.4f}{stats.stars(c.p)}" if c else "—", _p(c.p) if c else "—"]
+                cells += [f"{self.r.hparams(without, task)} → {self.r.hparams(with_, task)}",
+                          f"{self.r.seconds_per_epoch(without, task):.2f} → {self.r.seconds_per_epoch(with_, task):.2f}"]
+                rows.append(cells)
+                shown += [without, with_]
+            if not rows:
+                continue
+            header = ["Model", "Explanations", "Seeds"]
+            for m in metrics:
+                name = METRIC_LABEL[m] + (" ↑" if METRICS[m][1] else " ↓")
+                header += [f"{name} without", f"{name} with", f"Δ {METRIC_LABEL[m]}", "p"]
+            lines += [f"**{task}**", "", self.caption(shown), "",
+                      _md_table(header + ["lr, embed_dim", "s / epoch"], rows), ""]
         return "\n".join(lines)
 
     def table2(self) -> str:
@@ -769,10 +848,11 @@ class Report:
             rows.append([exp_id, self.r.label(exp_id), task, g["slice"].iloc[0], _seed_text(sorted(g["seed"])),
                          _cell(g[primary].mean(), g[primary].std(ddof=1) if len(g) > 1 else 0, len(g)),
                          f"{g['fit_seconds'].mean():.1f}", f"{g['seconds_per_epoch'].mean():.2f}",
-                         f"{g['best_epoch'].mean():.1f}", f"{g['coverage'].mean():.1%}" if g["coverage"].notna().any() else "—"])
+                         f"{g['best_epoch'].mean():.1f}", f"{g['coverage'].mean():.1%}" if g["coverage"].notna().any() else "—",
+                         self.r.hparams(exp_id, task)])
         lines = ["## Appendix — every experiment", "",
                  _md_table(["id", "label", "task", "slice", "seeds", "AUC / RMSE", "fit s", "s/epoch", "best epoch",
-                            "text coverage"], rows), ""]
+                            "text coverage", "hyper-parameters"], rows), ""]
         missing = self.not_run(list(self.r.meta))
         if missing:
             lines += ["Experiments without results:", "", *missing, ""]
@@ -787,8 +867,9 @@ class Report:
         self.dir.mkdir(parents=True, exist_ok=True)
         for old in self.fig_dir.glob("*.png") if self.fig_dir.is_dir() else []:
             old.unlink()
-        body = [self.header(), self.table2(), self.table3(), *(self.variant_table(k) for k in TABLE_TAGS),
-                self.figure6(), self.figure7(), self.insights()]
+        body = [self.header(), self.table2(), self.explanations_table(), self.table3(),
+                *(self.variant_table(k) for k in TABLE_TAGS), self.figure6(), self.figure7(), self.insights()]
+        body = [part for part in body if part]
         figure_claims, self.claims = self.claims, []
         self.derive_claims()
         self.claims += figure_claims

@@ -9,7 +9,12 @@ Layout under `benchmarks/results/<spec>/`:
     runs/<experiment>/<task>-seed<seed>-<hash>.npz    test predictions (+ attention shares for
                                                        LR-Recsys with text): sample_id, pred,
                                                        label, rating[, attention, attention_names]
-    results.csv      one row per finished run of the current spec (the tidy table)
+    runs/<experiment>/<task>-seed<seed>-<point>-<hash>.*   the same for a tuned experiment's run at
+                                                       one grid point, e.g. `lr0.01+embed_dim16`
+    results.csv      one row per finished run of the current spec (the tidy table); for a tuned
+                     experiment only its runs at the chosen point (columns `tuned`, `lr`, `embed_dim`)
+    grid.csv         a tuned experiment's runs at every grid point (first seed), `chosen` marking the
+                     winner: the validation metrics the choice read; not used by the report's tables
     spec.json        the resolved spec and the slices, for the report
     status.json      per experiment: done / skipped (why, and the command that fixes it) / failed
     insights.json    section 5.5.3 keywords of the most-explained test items
@@ -34,11 +39,17 @@ import numpy as np
 import pandas as pd
 
 from reasonrec.bench.spec import Experiment, Spec, card_fingerprint, run_hash
-from reasonrec.data.prepare import Prepared, load_prepared
+from reasonrec.data.prepare import Prepared, load_prepared, restrict_users
 from reasonrec.errors import ReasonrecError
 
 DEFAULT_ENCODER_CACHE = Path("artifacts/cache/bench-encoders")
 METRIC_NAMES = ("auc", "logloss", "rmse", "mae", "rmse_norm", "mae_norm")
+RESULT_COLUMNS = ["spec", "id", "label", "tag", "kind", "model", "task", "seed", "slice", "users", "n_users",
+                  "train_fraction", "explanations", "encoder", "variant", "profiles", "llm", "llm_name", "model_id",
+                  "coverage", "n_train", "n_valid", "n_test", *[f"test_{m}" for m in METRIC_NAMES],
+                  *[f"valid_{m}" for m in METRIC_NAMES], "tuned", "lr", "embed_dim", "fit_seconds",
+                  "seconds_per_epoch", "best_epoch", "epochs_run", "encoder_seconds", "encoder_cached",
+                  "compare_to", "hash", "predictions", "finished"]
 
 
 class MissingExplanations(ReasonrecError):
@@ -50,29 +61,6 @@ class MissingExplanations(ReasonrecError):
 
 
 # --- slices --------------------------------------------------------------------------------------
-
-def user_subset(user_ids, n: int, seed: int = 0) -> list[str]:
-    """The first n users of a seeded hash ranking: deterministic, independent of input order, and
-    nested (the 150-user subset is part of the 200-user one)."""
-    ranked = sorted({str(u) for u in user_ids},
-                    key=lambda u: hashlib.sha1(f"bench-users:{seed}:{u}".encode()).hexdigest())
-    return sorted(ranked[:n])
-
-
-def restrict_users(data: Prepared, n: int | None, seed: int = 0) -> Prepared:
-    if n is None:
-        return data
-    keep = set(user_subset(data.samples["user_id"].unique(), n, seed))
-    samples = data.samples[data.samples["user_id"].isin(keep)].reset_index(drop=True)
-    card = dict(data.card)
-    sizes = samples["split"].value_counts().reindex(["train", "valid", "test"], fill_value=0)
-    card.update({"interactions": int(len(samples)), "users": int(samples["user_id"].nunique()),
-                 "items": int(samples["item_id"].nunique()),
-                 "split_sizes": {k: int(v) for k, v in sizes.items()},
-                 "split_fractions": {k: round(int(v) / max(len(samples), 1), 4) for k, v in sizes.items()},
-                 "bench_slice": {"users": n, "seed": seed, "of": data.card.get("dataset")}})
-    return Prepared(samples, data.items, data.users, card)
-
 
 def apply_train_fraction(samples: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
     """Keep a seeded random `fraction` of the train rows; valid and test rows are untouched."""
@@ -144,6 +132,17 @@ class PlannedRun:
     exp: Experiment
     task: str
     seed: int
+    point: dict | None = None   # tune grid point; None for an untuned run, or a final run not chosen yet
+    grid: bool = False          # a tuning run (the first seed at one grid point)
+
+    @property
+    def setup(self) -> Experiment:
+        """The experiment with the grid point's values set: what is trained and hashed."""
+        return self.exp.at(self.point)
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}-seed{self.seed}" + (f"-{point_slug(self.point)}" if self.point else "")
 
 
 class BenchRunner:
@@ -161,6 +160,7 @@ class BenchRunner:
         self._expl: dict = {}
         self._encoders: dict = {}
         self._imported = False
+        self._chosen: dict = {}
         self.status: dict[str, dict] = {}
 
     # --- inputs ------------------------------------------------------------------------------
@@ -201,8 +201,7 @@ class BenchRunner:
         base = self.spec.dataset_dir
         suffix = f"-u{users}" + (f"s{self.spec.subslice_seed}" if self.spec.subslice_seed else "")
         target = base.parent / f"{base.name}{suffix}"
-        if not (target / "samples.parquet").is_file():
-            self.slice(users).save(target)
+        self.slice(users).save(target)  # rewritten each time: a stale copy would name other users
         return target
 
     def model_id(self, llm: str) -> str:
@@ -325,11 +324,47 @@ class BenchRunner:
             exp_seeds = list(seeds or exp.seeds or self.spec.seeds)
             if exp.kind == "llm_direct":   # deterministic: one run stands for every seed
                 exp_seeds = exp_seeds[:1]
-            runs += [PlannedRun(exp, task, seed) for task in exp.tasks for seed in exp_seeds]
+            for task in exp.tasks:
+                if not exp.tune:
+                    runs += [PlannedRun(exp, task, seed) for seed in exp_seeds]
+                    continue
+                # grid first; the final seeds' point is chosen when they come up. The grid seed's
+                # run at the chosen point is one of the grid runs, so it is not planned twice.
+                gseed = self.grid_seed(exp)
+                runs += [PlannedRun(exp, task, gseed, point, grid=True) for point in exp.grid()]
+                runs += [PlannedRun(exp, task, seed) for seed in exp_seeds if seed != gseed]
         return runs
 
+    def grid_seed(self, exp: Experiment) -> int:
+        """The seed a tuned experiment's grid runs on: the spec's first (never --seeds, so the choice
+        stays a property of the spec, not of an invocation)."""
+        return (exp.seeds or self.spec.seeds)[0]
+
     def run_path(self, run: PlannedRun, digest: str) -> Path:
-        return self.out / "runs" / run.exp.id / f"{run.task}-seed{run.seed}-{digest}"
+        return self.out / "runs" / run.exp.id / f"{run.label}-{digest}"
+
+    def _digest(self, run: PlannedRun, expl: Explanations | None) -> str:
+        return run_hash(run.setup.resolved(), run.task, run.seed, self.spec.version, self.dataset_fp,
+                        expl.info["fingerprint"] if expl else None)
+
+    def choose(self, exp: Experiment, task: str, expl: Explanations | None) -> tuple[dict | None, str]:
+        """The grid point a tuned experiment's final runs use, from its finished grid runs (by
+        their hashes: a grid run left over from other texts or another spec version never counts)."""
+        key = (exp.id, task)
+        if key not in self._chosen:
+            points = exp.grid()
+            metrics = []
+            for point in points:
+                run = PlannedRun(exp, task, self.grid_seed(exp), point, grid=True)
+                f = _with(self.run_path(run, self._digest(run, expl)), ".json")
+                metrics.append(json.loads(f.read_text())["metrics"] if f.is_file() else None)
+            best, note = choose_point(task, metrics)
+            if best is None:   # not cached: a later invocation may have finished the grid
+                self.echo(f"skip {exp.id} {task} final seeds: cannot choose a grid point ({note})")
+                return None, note
+            self._chosen[key] = (points[best], note)
+            self.echo(f"      tuned {exp.id} {task}: {point_slug(points[best])} ({note})")
+        return self._chosen[key]
 
     # --- running -----------------------------------------------------------------------------
 
@@ -338,12 +373,16 @@ class BenchRunner:
         runs = self.plan(only, seeds)
         self.out.mkdir(parents=True, exist_ok=True)
         counts = {"ran": 0, "cached": 0, "skipped": 0, "failed": 0}
-        self.echo(f"spec '{self.spec.name}': {len(runs)} runs over {len({r.exp.id for r in runs})} experiments "
-                  f"on {self.spec.dataset_dir} ({data.card.get('interactions', len(data.samples)):,} samples)")
+        n_grid = sum(r.grid for r in runs)
+        self.echo(f"spec '{self.spec.name}': {len(runs)} runs ({n_grid} of them tuning runs) over "
+                  f"{len({r.exp.id for r in runs})} experiments on {self.spec.dataset_dir} "
+                  f"({data.card.get('interactions', len(data.samples)):,} samples)")
         started = time.perf_counter()
         for i, run in enumerate(runs, start=1):
             exp = run.exp
             head = f"[{i:>3}/{len(runs)}] {exp.id:<28} {run.task:<14} seed {run.seed}"
+            if run.point:
+                head += f" {point_slug(run.point)}"
             expl = None
             if exp.uses_text:
                 try:
@@ -357,10 +396,18 @@ class BenchRunner:
                                            "command": self.explain_command(exp)}
                     counts["skipped"] += 1
                     continue
-            digest = run_hash(exp.resolved(), run.task, run.seed, self.spec.version, self.dataset_fp,
-                              expl.info["fingerprint"] if expl else None)
+            if exp.tune and not run.grid:      # a final run: its point is chosen once the grid is done
+                point, note = self.choose(exp, run.task, expl)
+                if point is None:
+                    if self.status.get(exp.id, {}).get("state") != "failed":
+                        self.status[exp.id] = {"state": "skipped", "message": f"tuning {run.task}: {note}"}
+                    counts["skipped"] += 1
+                    continue
+                run = PlannedRun(exp, run.task, run.seed, point)
+                head += f" {point_slug(point)}"
+            digest = self._digest(run, expl)
             path = self.run_path(run, digest)
-            if path.with_suffix(".json").is_file():
+            if _with(path, ".json").is_file():
                 counts["cached"] += 1
                 self.echo(f"{head}  cached")
                 self.status.setdefault(exp.id, {"state": "done"})
@@ -379,8 +426,8 @@ class BenchRunner:
                                        "traceback": traceback.format_exc(limit=6)}
                 continue
             record.update({"spec": self.spec.name, "spec_version": self.spec.version, "id": exp.id,
-                           "task": run.task, "seed": run.seed, "hash": digest,
-                           "resolved": _canonical(exp.resolved()), "dataset_fp": self.dataset_fp,
+                           "task": run.task, "seed": run.seed, "hash": digest, "point": run.point,
+                           "resolved": _canonical(run.setup.resolved()), "dataset_fp": self.dataset_fp,
                            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             self._save(path, record, arrays)
             counts["ran"] += 1
@@ -399,7 +446,7 @@ class BenchRunner:
         return counts
 
     def _execute(self, run: PlannedRun, expl: Explanations | None) -> tuple[dict, dict]:
-        exp = run.exp
+        exp = run.setup
         data = self.slice(exp.users)
         fraction_seed = run.seed if exp.fraction_seed == "run" else int(exp.fraction_seed)
         samples = apply_train_fraction(data.samples, exp.train_fraction, fraction_seed)
@@ -413,7 +460,7 @@ class BenchRunner:
         from reasonrec.train.metrics import metrics_for
         from reasonrec.train.trainer import TrainConfig
 
-        exp = run.exp
+        exp = run.setup
         train_opts = {**exp.train, "task": run.task, "seed": run.seed}
         cfg = RecommenderConfig(model=exp.model, task=run.task, explanations=exp.explanations, encoder=exp.encoder,
                                 side_features=exp.side_features, model_extra=dict(exp.model_extra),
@@ -539,7 +586,7 @@ class BenchRunner:
 
     def _save(self, path: Path, record: dict, arrays: dict):
         path.parent.mkdir(parents=True, exist_ok=True)
-        npz = path.with_suffix(".npz")
+        npz = _with(path, ".npz")
         tmp = path.parent / f".{path.name}.npz.tmp"
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -547,39 +594,62 @@ class BenchRunner:
         record["predictions"] = str(npz.relative_to(self.out))
         tmp = path.parent / f".{path.name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=1, default=_json_default))
-        tmp.replace(path.with_suffix(".json"))
-        prefix = path.name.rsplit("-", 1)[0] + "-"          # <task>-seed<seed>-
-        for old in path.parent.glob(prefix + "*"):
-            if old.stem != path.name and old.suffix in (".json", ".npz"):
-                old.unlink(missing_ok=True)                  # superseded by this run
+        tmp.replace(_with(path, ".json"))
+        key = path.name.rsplit("-", 1)[0]                  # <task>-seed<seed>[-<point>]
+        for old in path.parent.glob(key + "-*"):
+            # superseded by this run; a prefix match alone would also take other grid points' runs
+            if old.stem != path.name and old.stem.rsplit("-", 1)[0] == key and old.suffix in (".json", ".npz"):
+                old.unlink(missing_ok=True)
 
     # --- outputs -----------------------------------------------------------------------------
 
     def collect(self) -> pd.DataFrame:
-        """results.csv: one row per finished run whose resolved experiment matches the spec now."""
+        """results.csv: one row per finished run whose resolved experiment matches the spec now; for a
+        tuned experiment only the runs at the point its grid chose (grid runs go to grid.csv)."""
         self.dataset()
-        order = {e.id: i for i, e in enumerate(self.spec.experiments)}
-        current = {e.id: (e, _canonical(e.resolved())) for e in self.spec.experiments}
-        rows = []
+        current = {e.id: e for e in self.spec.experiments}
+        # id -> {resolved experiment at a grid point (or untuned): that point}
+        points = {e.id: {_canonical(e.at(p).resolved()): p for p in e.grid() or [None]} for e in current.values()}
+        found: dict = {}     # (id, task) -> [(record, point)]
         for f in sorted((self.out / "runs").glob("*/*.json")):
             rec = json.loads(f.read_text())
-            exp, resolved = current.get(rec.get("id"), (None, None))
-            if (exp is None or rec.get("resolved") != resolved or rec.get("spec_version") != self.spec.version
+            exp = current.get(rec.get("id"))
+            if (exp is None or rec.get("resolved") not in points[exp.id] or rec.get("spec_version") != self.spec.version
                     or rec.get("dataset_fp") != self.dataset_fp or rec.get("task") not in exp.tasks):
                 continue
-            rows.append(_row(rec, exp, self.spec))
-        cols = ["spec", "id", "label", "tag", "kind", "model", "task", "seed", "slice", "users", "n_users",
-                "train_fraction", "explanations", "encoder", "variant", "profiles", "llm", "llm_name", "model_id",
-                "coverage", "n_train", "n_valid", "n_test", *[f"test_{m}" for m in METRIC_NAMES],
-                *[f"valid_{m}" for m in METRIC_NAMES], "fit_seconds", "seconds_per_epoch", "best_epoch",
-                "epochs_run", "encoder_seconds", "encoder_cached", "compare_to", "hash", "predictions", "finished"]
-        frame = pd.DataFrame(rows, columns=cols)
-        if len(frame):
-            frame = (frame.sort_values("finished").drop_duplicates(["id", "task", "seed"], keep="last")
-                     .assign(_o=lambda d: d["id"].map(order)).sort_values(["_o", "task", "seed"])
-                     .drop(columns="_o").reset_index(drop=True))
+            found.setdefault((exp.id, rec["task"]), []).append((rec, points[exp.id][rec["resolved"]]))
+        rows, grid_rows = [], []
+        for (exp_id, task), recs in found.items():
+            exp = current[exp_id]
+            recs.sort(key=lambda rp: rp[0].get("finished") or "")
+            if not exp.tune:
+                rows += [_row(rec, exp, self.spec) for rec, _ in recs]
+                continue
+            gseed = self.grid_seed(exp)
+            at_point = {_canonical(p): rec for rec, p in recs if rec["seed"] == gseed}   # the newest wins
+            grid = exp.grid()
+            best, _ = choose_point(task, [(at_point.get(_canonical(p)) or {}).get("metrics") for p in grid])
+            chosen = None if best is None else grid[best]
+            grid_rows += [{**_row(rec, exp, self.spec, p), "grid_index": grid.index(p), "chosen": p == chosen}
+                          for rec, p in recs if rec["seed"] == gseed]
+            rows += [_row(rec, exp, self.spec, p) for rec, p in recs if chosen is not None and p == chosen]
         self.out.mkdir(parents=True, exist_ok=True)
+        frame = self._table(rows, ["id", "task", "seed"])
         frame.to_csv(self.out / "results.csv", index=False)
+        tuning = self._table(grid_rows, ["id", "task", "tuned"], extra=["grid_index", "chosen"], by="grid_index")
+        if len(tuning) or (self.out / "grid.csv").is_file():
+            tuning.to_csv(self.out / "grid.csv", index=False)
+        return frame
+
+    def _table(self, rows: list[dict], key: list[str], extra: list[str] = (), by: str = "seed") -> pd.DataFrame:
+        """Rows in spec order, then task, then `by`; the newest run per `key` (an older copy may
+        linger under another name)."""
+        order = {e.id: i for i, e in enumerate(self.spec.experiments)}
+        frame = pd.DataFrame(rows, columns=[*RESULT_COLUMNS, *extra])
+        if len(frame):
+            frame = (frame.sort_values("finished").drop_duplicates(key, keep="last")
+                     .assign(_o=lambda d: d["id"].map(order)).sort_values(["_o", "task", by])
+                     .drop(columns="_o").reset_index(drop=True))
         return frame
 
     def _write_status(self, runs: list[PlannedRun]):
@@ -600,7 +670,7 @@ class BenchRunner:
                             "test": int(sizes.get("test", 0)), "train": int(sizes.get("train", 0)),
                             "valid": int(sizes.get("valid", 0)),
                             "rule": "all users" if users is None else
-                            f"first {users} users by sha1('bench-users:{self.spec.subslice_seed}:<user_id>')"}
+                            f"first {users} users by sha1('{self.spec.subslice_seed}:<user_id>')"}
         card = {k: data.card.get(k) for k in ("dataset", "domain", "interactions", "users", "items", "rating_scale",
                                                "label_threshold", "label_rate", "split_sizes", "config")}
         out = {**self.spec.summary(), "card": card, "dataset_fp": self.dataset_fp, "slices": slices,
@@ -680,6 +750,11 @@ def _arrays(test: pd.DataFrame, pred) -> dict:
             "label": test["label"].to_numpy("int8"), "rating": test["rating"].to_numpy("float32")}
 
 
+def _with(path: Path, ext: str) -> Path:
+    """`path` + `ext`; not with_suffix, which would eat a grid point's decimals (lr0.01+...)."""
+    return path.parent / f"{path.name}{ext}"
+
+
 def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -700,7 +775,44 @@ def _metrics_line(record: dict) -> str:
             f"best epoch {record['best_epoch']}/{record['epochs_run']})")
 
 
-def _row(rec: dict, exp: Experiment, spec: Spec) -> dict:
+def point_slug(point: dict) -> str:
+    """A grid point as a file-name part: {lr: 0.01, embed_dim: 16} -> lr0.01+embed_dim16."""
+    return "+".join(f"{k}{v}" for k, v in point.items())
+
+
+def choose_point(task: str, metrics: list[dict | None]) -> tuple[int | None, str]:
+    """Index of the grid point whose run has the best *validation* metric (classification: highest
+    AUC; regression: lowest RMSE), and a note. Test metrics are never read: choosing on them would
+    leak the test split into the model. Ties go to the first point in grid order; a missing run
+    (None) means no choice yet, so a late grid run cannot silently change a reported point."""
+    key, larger = ("valid_auc", True) if task == "classification" else ("valid_rmse", False)
+    missing = sum(m is None for m in metrics)
+    if missing or not metrics:
+        return None, f"{missing} of {len(metrics)} grid runs not finished"
+    best, best_v = None, None
+    for i, m in enumerate(metrics):
+        v = m.get(key)
+        if v is None or not np.isfinite(v):
+            continue
+        if best_v is None or (v > best_v if larger else v < best_v):
+            best, best_v = i, float(v)
+    if best is None:
+        return None, f"no grid run has a finite {key}"
+    return best, f"{key} {best_v:.4f}, best of {len(metrics)} grid points"
+
+
+def _effective(exp: Experiment) -> dict:
+    """The lr and embed_dim a run trained with (spec value, else the library default)."""
+    from reasonrec.estimator import RecommenderConfig
+    from reasonrec.train.trainer import TrainConfig
+
+    if exp.kind != "train":
+        return {"lr": None, "embed_dim": None}
+    return {"lr": float(exp.train.get("lr", TrainConfig.lr)),
+            "embed_dim": int(exp.embed_dim if exp.embed_dim is not None else RecommenderConfig.embed_dim)}
+
+
+def _row(rec: dict, exp: Experiment, spec: Spec, point: dict | None = None) -> dict:
     info = rec.get("explanations_info") or {}
     row = {"spec": spec.name, "id": exp.id, "label": exp.label, "tag": exp.tag, "kind": exp.kind, "model": exp.model,
            "task": rec["task"], "seed": rec["seed"], "slice": exp.slice_name, "users": exp.users,
@@ -717,4 +829,6 @@ def _row(rec: dict, exp: Experiment, spec: Spec) -> dict:
         row[f"valid_{m}"] = rec["metrics"].get(f"valid_{m}")
     for k in ("fit_seconds", "seconds_per_epoch", "best_epoch", "epochs_run", "encoder_seconds", "encoder_cached"):
         row[k] = rec.get(k)
+    row["tuned"] = json.dumps(point) if point else None
+    row.update(_effective(exp.at(point)))
     return row

@@ -15,6 +15,7 @@
     subslice: {users: 150, seed: 0}                      # what `users: subslice` means
     max_missing: 0.01            # tolerated share of samples without explanations
     train: {epochs: 100, patience: 5}                    # TrainConfig defaults for every experiment
+    tune: {lr: [0.001, 0.01], embed_dim: [8, 16]}        # optional: grid for every trained experiment
     experiments:
       - {id: lr-recsys, tag: ours, model: lr-recsys}
       - {id: din, tag: baseline, model: din}
@@ -29,13 +30,21 @@ variant [contrastive], profiles [true], llm [spec.llm], train_fraction [1.0] wit
 users of a seeded hash ranking, so every experiment naming the same N gets the same users],
 side_features [false for lr-recsys, true otherwise], train {TrainConfig overrides}, embed_dim,
 mlp, dropout, model_extra, encoder_options, seeds [spec.seeds], compare_to [the `ours` experiment
-of the same user slice].
+of the same user slice], tune [spec.tune for trained experiments; null turns it off].
+
+Tuning (`tune: {option: [values, ...]}`; options: TUNABLE): per experiment and task, the first seed
+runs at every point of the grid (the product of the lists, the last key varying fastest), the point
+with the best *validation* metric wins (classification: highest AUC; regression: lowest RMSE; ties:
+the first point in grid order) and every seed then runs at that point. Test metrics never enter
+the choice. Grid runs are ordinary cached runs: a point's values enter the run hash through the
+options they set, so growing a grid reruns only the new points.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -61,11 +70,17 @@ TAGS = {
     "no_autoencoder": "Table 6: Ablation 2, sentence-encoder / LLM embeddings",
     "alt_prompt": "Table 6: Ablation 3, alternative prompt",
     "ncf_backbone": "Table 6: Robustness 1, NCF with explanations",
+    "with_explanations": "a zoo model reading explanations (the with vs without explanations table)",
+    "no_explanations": "LR-Recsys without explanations (the with vs without explanations table)",
     "other": "listed in the appendix table only",
 }
 # display-only keys: changing them never reruns anything
 DISPLAY_KEYS = ("label", "tag", "compare_to")
 TRAIN_KEYS = ("embed_dim", "mlp", "dropout", "model_extra", "encoder_options")
+# what a tune grid may vary -> the type its values are read as (TrainConfig options the harness
+# sets itself, or that do not change the numbers, are left out)
+TUNABLE = {"embed_dim": int, "dropout": float, "lr": float, "weight_decay": float, "batch_size": int,
+           "epochs": int, "patience": int}
 
 
 @dataclass
@@ -93,6 +108,7 @@ class Experiment:
     encoder_options: dict = field(default_factory=dict)
     seeds: list = field(default_factory=list)
     compare_to: str = ""
+    tune: object = None             # {option: [values]} or None (not tuned)
     subslice_seed: int = 0          # from the spec's `subslice.seed`; not set per experiment
 
     @property
@@ -103,9 +119,29 @@ class Experiment:
     def slice_name(self) -> str:
         return "all" if self.users is None else f"u{self.users}"
 
+    def grid(self) -> list[dict]:
+        """The tune grid's points in order (the last key varies fastest); [] when not tuned."""
+        if not self.tune:
+            return []
+        return [dict(zip(self.tune, values)) for values in itertools.product(*self.tune.values())]
+
+    def at(self, point: dict | None) -> "Experiment":
+        """This experiment with a grid point's values set: what a run at that point trains and hashes."""
+        if not point:
+            return self
+        exp = copy.deepcopy(self)
+        for key, value in point.items():
+            if key in ("embed_dim", "dropout"):
+                setattr(exp, key, value)
+            else:
+                exp.train[key] = value
+        return exp
+
     def resolved(self) -> dict:
-        """Everything that determines the runs' numbers (display keys left out): the hash input."""
-        out = {k: v for k, v in asdict(self).items() if k not in DISPLAY_KEYS + ("id", "seeds", "tasks")}
+        """Everything that determines the runs' numbers (display keys left out): the hash input.
+        The grid itself is left out too: a run enters the hash through the point it sets (`at`)."""
+        out = {k: v for k, v in asdict(self).items()
+               if k not in DISPLAY_KEYS + ("id", "seeds", "tasks", "tune")}
         if self.users is None:
             out["subslice_seed"] = None
         if self.kind == "llm_direct":   # nothing is trained: only the text source matters
@@ -137,6 +173,7 @@ class Spec:
     subslice_seed: int = 0
     max_missing: float = 0.01
     train: dict = field(default_factory=dict)
+    tune: dict | None = None                            # default grid of the trained experiments
     results_root: Path = Path("benchmarks/results")
     report_root: Path = Path("benchmarks")
     experiments: list = field(default_factory=list)
@@ -165,16 +202,18 @@ class Spec:
                 "dataset_dir": str(self.dataset_dir), "llm": self.llm, "llm_names": self.llm_names,
                 "seeds": list(self.seeds), "tasks": list(self.tasks), "subslice_users": self.subslice_users,
                 "subslice_seed": self.subslice_seed, "max_missing": self.max_missing, "train": self.train,
+                "tune": self.tune,
                 "experiments": [{"id": e.id, "label": e.label, "tag": e.tag, "kind": e.kind, "model": e.model,
                                  "tasks": e.tasks, "explanations": e.explanations, "encoder": e.encoder,
                                  "variant": e.variant, "profiles": e.profiles, "llm": e.llm,
                                  "train_fraction": e.train_fraction, "users": e.users, "slice": e.slice_name,
-                                 "compare_to": e.compare_to, "seeds": e.seeds} for e in self.experiments]}
+                                 "compare_to": e.compare_to, "seeds": e.seeds, "tune": e.tune}
+                                for e in self.experiments]}
 
 
 _TOP_KEYS = {"name", "version", "description", "dataset", "store", "cache", "llm", "llm_names", "model_ids",
              "seeds", "tasks",
-             "subslice", "max_missing", "train", "results", "report", "experiments", "defaults"}
+             "subslice", "max_missing", "train", "tune", "results", "report", "experiments", "defaults"}
 _EXP_KEYS = {f.name for f in fields(Experiment)} - {"subslice_seed"}
 
 
@@ -223,6 +262,7 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
                 report_root=Path(raw.get("report", "benchmarks")))
     _check_tasks(spec.tasks, where)
     _check_train(spec.train, where)
+    spec.tune = _check_tune(raw.get("tune"), where)
     if not spec.seeds:
         _fail(where, "seeds: at least one seed")
     defaults = dict(raw.get("defaults") or {})
@@ -231,6 +271,8 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
         if not isinstance(entry, dict) or "id" not in entry:
             _fail(where, f"experiments[{i}] needs an id")
         merged = {**copy.deepcopy(defaults), **entry}
+        if "tune" not in merged and merged.get("kind", "train") == "train":   # `tune: null` opts out
+            merged["tune"] = copy.deepcopy(spec.tune)
         exp = _experiment(merged, spec, f"{where}: experiment '{entry['id']}'")
         if exp.id in seen:
             _fail(where, f"experiment id '{exp.id}' appears twice")
@@ -257,6 +299,41 @@ def _check_train(train: dict, where: str):
     if bad:
         _fail(where, f"train: unknown option(s) {sorted(bad)}; TrainConfig has "
                      f"{sorted(TrainConfig.__dataclass_fields__)}")
+
+
+def _check_tune(tune, where: str) -> dict | None:
+    """A grid {option: [values]} with each value read as its option's type; None when empty."""
+    if not tune:
+        return None
+    if not isinstance(tune, dict):
+        _fail(where, "tune: a mapping of option -> list of values, e.g. {lr: [0.001, 0.01]}")
+    bad = sorted(set(tune) - set(TUNABLE))
+    if bad:
+        _fail(where, f"tune: cannot tune {bad}; tunable options: {sorted(TUNABLE)}")
+    out = {}
+    for key, values in tune.items():
+        if not isinstance(values, list) or not values:
+            _fail(where, f"tune.{key}: a non-empty list of values, e.g. [0.001, 0.01]")
+        try:
+            values = [_as(TUNABLE[key], v) for v in values]
+        except (TypeError, ValueError):
+            _fail(where, f"tune.{key}: {values} are not all {TUNABLE[key].__name__}s")
+        if len(set(values)) < len(values):
+            _fail(where, f"tune.{key}: {values} repeats a value")
+        out[str(key)] = values
+    return out
+
+
+def _as(kind: type, value):
+    """`value` read as int or float; strings too (YAML reads 1e-3 as a string), bools never."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    number = float(value)
+    if kind is int:
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    return number
 
 
 def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
@@ -321,6 +398,9 @@ def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
     _check_train(exp.train, where)
     exp.train = {**spec.train, **exp.train}
     exp.seeds = [int(s) for s in (exp.seeds or [])]
+    exp.tune = _check_tune(exp.tune, where)
+    if exp.tune and exp.kind != "train":
+        _fail(where, "tune: only trained experiments have hyper-parameters to tune")
     return exp
 
 
