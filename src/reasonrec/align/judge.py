@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from reasonrec.align.kv import continue_hidden, prefix_kv
+from reasonrec.align.kv import continue_hidden, pad_right, prefix_kv
 
 
 # A few-shot completion prompt, not a chat: on the 135M model it separates clearly positive from
@@ -115,12 +115,7 @@ class YesNoJudge:
 
 
 def _full_hidden(lm, seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    ids, mask = pad_right(seqs, pad_id)
     return lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state, mask
 
 

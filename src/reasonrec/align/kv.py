@@ -3,7 +3,7 @@
 Used by the judge (its few-shot block is identical for every call and, the judge being frozen,
 computed once per process) and by the policy update (the G completions of one prompt share the
 prompt; gradients flow back through the prompt's keys/values, so the result equals G full
-forwards — tested in tests/test_align_trainer.py).
+forwards — tested in tests/test_align_model.py).
 """
 
 from __future__ import annotations
@@ -27,15 +27,22 @@ def repeat_kv(kv: KV, n: int) -> DynamicCache:
     return DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
 
 
-def continue_hidden(lm, kv: KV, prefix_len: int, seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states (rows, width, d) of right-padded continuations `seqs` after the prefix, and
-    their mask (rows, width)."""
+def pad_right(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (rows, width) right-padded with `pad_id`, and their mask."""
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad_id)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def continue_hidden(lm, kv: KV, prefix_len: int, seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states (rows, width, d) of right-padded continuations `seqs` after the prefix, and
+    their mask (rows, width)."""
+    ids, mask = pad_right(seqs, pad_id)
+    width = ids.shape[1]
     attn = torch.cat([torch.ones(len(seqs), prefix_len, dtype=torch.long), mask], 1)
     pos = (prefix_len + torch.arange(width))[None].expand(len(seqs), -1)
     out = lm.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos,
