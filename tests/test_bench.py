@@ -481,3 +481,14 @@ def test_report_insights_come_from_the_run(bench):
     assert first["test_samples"] >= 1 and first["profile"]
     words = [w["word"] for w in first["keywords"]["positive"]]
     assert words and not {"consumer", "the", "because"} & set(words)
+
+
+def test_every_bench_command_is_registered():
+    from typer.testing import CliRunner
+
+    from reasonrec.cli import app
+
+    out = CliRunner().invoke(app, ["bench", "--help"])
+    assert out.exit_code == 0
+    for command in ("throughput", "serve", "run", "report", "plan"):
+        assert command in out.output, command

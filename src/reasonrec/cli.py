@@ -206,7 +206,7 @@ def precompute_cmd(
                                      domain=domain, profiles=profiles, max_seconds=max_seconds), indent=2))
 
 
-bench_app = typer.Typer(help="Benchmarks: throughput, serving latency, the paper's tables.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: LLM throughput, serving latency, and YAML specs -> cached runs -> REPORT.md.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -296,8 +296,6 @@ def cache_stats(store: Path = typer.Option(Path("artifacts/store/explanations.sq
     typer.echo("\n" + tokens.round(1).to_string())
 
 
-bench_app = typer.Typer(help="Benchmarks: a YAML spec -> cached runs -> results.csv -> REPORT.md.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
 
 
 def _parse_seeds(seeds: Optional[str]) -> Optional[list[int]]:
