@@ -292,8 +292,17 @@ class Report:
         self.claims: list[tuple[str, str, str]] = []    # (claim, verdict, evidence)
         self.figures: list[str] = []
         self.facts: dict = {}
+        self.main = self._main_slice()
 
     # -- helpers --
+
+    def _main_slice(self):
+        """The slice of the headline comparisons (Table 3, figures, claims): all users when an
+        LR-Recsys row ran on them, else the largest sub-slice an LR-Recsys row ran on."""
+        sizes = {_users(self.r.meta[i]) for i in self.r.ids("ours") if self.r.has(i)}
+        if not sizes or None in sizes:
+            return None
+        return max(sizes)
 
     def caption(self, ids: list[str]) -> str:
         spec = self.r.spec
@@ -486,21 +495,21 @@ class Report:
         return "\n".join(out)
 
     def table3(self) -> str:
-        primary = self._primary(None)
-        fr = [i for i in self.r.ids("ours", users=None, full_data=False) if self.r.has(i)]
+        primary = self._primary(self.main)
+        fr = [i for i in self.r.ids("ours", users=self.main, full_data=False) if self.r.has(i)]
         fr.sort(key=lambda i: -float(self.r.meta[i].get("train_fraction", 1)))
         lines = ["## Table 3 — learning efficiency: LR-Recsys on part of the training data", ""]
         if not fr:
             return "\n".join(lines + ["No reduced-training-data runs yet.", ""] +
-                             self.not_run(self.r.ids("ours", users=None, full_data=False)) + [""])
+                             self.not_run(self.r.ids("ours", users=self.main, full_data=False)) + [""])
         ids = ([primary] if primary and self.r.has(primary) else []) + fr
         rows = []
         for i in ids:
             rows.append(self.metric_row(i, f"{self.r.label(i)} ({float(self.r.meta[i].get('train_fraction', 1)):.0%})",
-                                        SHORT) + [self._vs_best(i, None)])
-        best = {m: self.r.best_baseline(m, None) for m, _ in SHORT}
+                                        SHORT) + [self._vs_best(i, self.main)])
+        best = {m: self.r.best_baseline(m, self.main) for m, _ in SHORT}
         if any(best.values()):
-            cells = ["best baseline (100%)", "all", "—", self.r.row_info(next(b for b in best.values() if b))["seeds"]]
+            cells = ["best baseline (100%)", "all" if self.main is None else f"u{self.main}", "—", self.r.row_info(next(b for b in best.values() if b))["seeds"]]
             for m, _ in SHORT:
                 mean, std, n = self.r.mean_std(best[m], m) if best[m] else (np.nan, np.nan, 0)
                 cells.append(_cell(mean, std, n) + (f" ({self.r.label(best[m])})" if best[m] else ""))
@@ -508,7 +517,7 @@ class Report:
         lines += [self.caption(ids), "", "The valid and test splits are the full ones; only training rows are dropped "
                   "(a seeded random subset).", "",
                   _md_table(["Model", "Slice", "LLM", "Seeds", *[h for _, h in SHORT], "vs best baseline (100%)"], rows), ""]
-        lines += self.not_run(self.r.ids("ours", users=None, full_data=False))
+        lines += self.not_run(self.r.ids("ours", users=self.main, full_data=False))
         return "\n".join(lines) + "\n"
 
     def _vs_best(self, exp_id: str, users) -> str:
@@ -585,14 +594,14 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        ours = self._primary(None)
+        ours = self._primary(self.main)
         lines = ["## Figure 6 — harder examples benefit more", ""]
         if not ours:
             return "\n".join(lines + ["No LR-Recsys results.", ""])
         made = False
         for task, metric in (("regression", "rmse"), ("classification", "auc")):
-            base_ids = [b for b in self.r.ids("baseline", users=None, full_data=True) if self.r.has(b, task)]
-            best = self.r.best_baseline(metric, None)
+            base_ids = [b for b in self.r.ids("baseline", users=self.main, full_data=True) if self.r.has(b, task)]
+            best = self.r.best_baseline(metric, self.main)
             po = self.r.predictions(ours, task)
             if po is None or not best or not base_ids:
                 continue
@@ -659,7 +668,7 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        ours = self._primary(None)
+        ours = self._primary(self.main)
         lines = ["## Figures 7 and 10 — attention on the explanations", ""]
         p, task = None, None
         for t in ("classification", "regression"):
@@ -758,9 +767,9 @@ class Report:
 
     def derive_claims(self):
         r = self.r
-        ours = self._primary(None)
+        ours = self._primary(self.main)
         for m in CLAIM_METRICS:
-            b = r.best_baseline(m, None)
+            b = r.best_baseline(m, self.main)
             if not ours or not b or not r.has(ours) or not r.has(b):
                 self.claim(f"LR-Recsys beats the best baseline on {METRIC_LABEL[m]} (Table 2)", "inconclusive", "missing results")
                 continue
@@ -768,14 +777,14 @@ class Report:
             self.claim(f"LR-Recsys beats the best baseline on {METRIC_LABEL[m]} (Table 2)",
                        stats.verdict_better([c.sign]), f"vs {r.label(b)}: {c.text()}")
         # Table 3
-        fr = sorted([i for i in r.ids("ours", users=None, full_data=False) if r.has(i)],
+        fr = sorted([i for i in r.ids("ours", users=self.main, full_data=False) if r.has(i)],
                     key=lambda i: float(r.meta[i].get("train_fraction", 1)))
         quarter = [i for i in fr if float(r.meta[i]["train_fraction"]) <= 0.25 + 1e-9]
         target = quarter[-1] if quarter else None
         if target:
             comps = []
             for m in ("auc", "rmse"):
-                b = r.best_baseline(m, None)
+                b = r.best_baseline(m, self.main)
                 c = r.compare(target, b, m) if b else None
                 if c:
                     comps.append(c)
