@@ -422,7 +422,7 @@ def test_report_shows_explanations_and_chosen_points(tuned):
     row = next(line for line in table.splitlines() if line.startswith("| NCF |"))
     chosen = {e: json.loads(tuned["results"][tuned["results"]["id"] == e]["tuned"].iloc[0]) for e in ("ncf", "ncf-text")}
     assert f"lr {chosen['ncf']['lr']:g}, embed_dim {chosen['ncf']['embed_dim']}" in row and "(tuned)" in row
-    assert "| text |" in row and "Δ AUC" in table and "LogLoss ↓ with" in table
+    assert "| text (autoencoder) |" in row and "Δ AUC" in table and "LogLoss ↓ with" in table
     assert "**Tuning**" in text and "8 grid runs" in text
 
 

@@ -430,7 +430,8 @@ class Report:
             for without, with_ in pairs:
                 if not (self.r.has(without, task) and self.r.has(with_, task)):
                     continue
-                kind = "free vectors" if self.r.meta[with_].get("explanations") == "free" else "text"
+                meta = self.r.meta[with_]
+                kind = "free vectors" if meta.get("explanations") == "free" else f"text ({meta.get('encoder') or 'autoencoder'})"
                 cells = [self.r.label(without), kind, self.r.row_info(with_)["seeds"]]
                 for m in metrics:
                     c = self.r.compare(with_, without, m)
