@@ -249,11 +249,13 @@ class BenchRunner:
             if found.info["coverage"] < 1.0 - self.spec.max_missing:
                 data = self.slice(exp.users)
                 short = (f"{1 - found.info['coverage']:.1%} of the {len(data.samples):,} samples of slice "
-                         f"'{exp.slice_name}' have no '{exp.variant}' explanations"
+                         f"'{exp.slice_name}' have no usable '{exp.variant}' explanations"
                          f"{'' if exp.profiles else ' (without profiles)'} from {found.info['model_id']} in "
                          f"{self.spec.store} (tolerated: {self.spec.max_missing:.1%})")
                 raise MissingExplanations(
-                    f"{short}. Generate them with:\n    {self.explain_command(exp)}\n"
+                    f"{short} (never generated, or generated and failed clean-up: `reasonrec cache stats` "
+                    f"counts failures; a rerun keeps them, greedy decoding would repeat them). Generate missing ones with:\n"
+                    f"    {self.explain_command(exp)}\n"
                     f"or import a cache export with `reasonrec cache import FILE --store {self.spec.store}`", short)
         except Exception as err:  # no backend, no store, bad template: the run is skipped, not the spec
             if not isinstance(err, MissingExplanations):
