@@ -120,6 +120,15 @@ def explain(
         summary_json.write_text(json.dumps([s.as_dict() for s in summaries], indent=2))
 
 
+def _parse_seeds(seeds: Optional[str]) -> Optional[list[int]]:
+    if not seeds:
+        return None
+    try:
+        return [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+
+
 @app.command("train")
 def train(
     dataset: str = typer.Option("ml-100k-bench", help="prepared dataset directory or name under artifacts/data/"),
@@ -164,8 +173,7 @@ def train(
         table, info = load_explanations(data, llm, variant, profiles, store)
         cfg.text_columns, cfg.strip_prefixes = info["text_columns"], info["strip_prefixes"]
         typer.echo(f"explanations: {variant} from {info['model_id']}, coverage {info['coverage']:.1%}")
-    seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    frame = run_seeds(data, cfg, seed_list, table, out or Path("artifacts") / "models" / model, progress)
+    frame = run_seeds(data, cfg, _parse_seeds(seeds), table, out or Path("artifacts") / "models" / model, progress)
     metrics = ["test_auc", "test_logloss"] if task == "classification" else ["test_rmse", "test_mae", "test_rmse_norm", "test_mae_norm"]
     typer.echo(frame[["seed", *metrics, "best_epoch", "seconds_per_epoch"]].to_string(index=False))
     for name, (mean, std) in mean_std(frame, metrics).items():
@@ -296,15 +304,6 @@ def cache_stats(store: Path = typer.Option(Path("artifacts/store/explanations.sq
     typer.echo("\n" + tokens.round(1).to_string())
 
 
-
-
-def _parse_seeds(seeds: Optional[str]) -> Optional[list[int]]:
-    if not seeds:
-        return None
-    try:
-        return [int(x) for x in seeds.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
 
 
 @bench_app.command("run")
@@ -467,7 +466,7 @@ def align_cmd(
     if users is not None:
         cfg.users = None if users == 0 else users
     if seeds:
-        cfg.seeds = tuple(int(x) for x in seeds.split(",") if x.strip())
+        cfg.seeds = tuple(_parse_seeds(seeds))
     grpo = {"prompts_per_step": prompts_per_step, "group_size": group_size, "max_new_tokens": max_new_tokens,
             "lr": lr, "beta": beta, "temperature": temperature}
     cfg.grpo = replace(cfg.grpo, **{k: v for k, v in grpo.items() if v is not None})
