@@ -11,7 +11,7 @@ from reasonrec.explain.cleanup import clean, first_sentence
 from reasonrec.explain.generate import ExplainConfig, Explainer
 from reasonrec.explain.store import Entry, ExplanationStore, make_key
 from reasonrec.explain.templates import DOMAINS, load_templates
-from reasonrec.llm.base import GenerationParams, Prompt
+from reasonrec.llm.base import GenerationParams, Prompt, sentence_end
 from tests.fakes import FakeLLM
 
 
@@ -63,6 +63,15 @@ def test_unknown_variant_and_domain_are_clear():
      ["cut_repetition", "added_period"], False),
     ("", "The consumer watched this movie because", [], False),
     (" Dr. Smith directs it well.", "The consumer watched this movie because Dr. Smith directs it well.", [], True),
+    (" 1. it is a fun heist film. 2. It stars", "The consumer watched this movie because it is a fun heist film.",
+     ["stripped_enumerator", "kept_first_sentence"], True),
+    (" 1.", "The consumer watched this movie because", ["stripped_enumerator"], False),
+    (" of the genres: 1.", "The consumer watched this movie because of the genres:", [], False),
+    (" of: 1. its cast 2. its music 3.", "The consumer watched this movie because of: 1. its cast 2. its music.",
+     ["cut_list_number", "added_period"], True),
+    (" 1. it is long. 2. It is", "The consumer watched this movie because it is long.",
+     ["stripped_enumerator", "kept_first_sentence"], True),
+    (" he rated it 5. Then more", "The consumer watched this movie because he rated it 5.", ["kept_first_sentence"], True),
 ])
 def test_clean(cont, want, repairs, ok):
     out = clean("The consumer watched this movie because", cont)
@@ -74,6 +83,18 @@ def test_clean(cont, want, repairs, ok):
 
 def test_first_sentence_keeps_abbreviations():
     assert first_sentence("It stars Mr. Bean. Then")[0] == "It stars Mr. Bean."
+
+
+@pytest.mark.parametrize("text, end", [
+    ("genres: 1. Comedy 2. Drama", None),                       # a list still running: not done
+    ("genres: 1. Comedy 2. Drama. Next", "genres: 1. Comedy 2. Drama."),
+    ("1. The consumer likes it. More", "1. The consumer likes it."),
+    ("he rated it 5. Then", "he rated it 5."),                  # a number ending a sentence
+    ("in 1997. Then", "in 1997."),
+])
+def test_stop_rule_reads_list_numbers(text, end):
+    m = sentence_end(text)
+    assert (text[: m.end()] if m else None) == end
 
 
 def test_store_is_durable_and_exports(tmp_path):
@@ -91,6 +112,16 @@ def test_store_is_durable_and_exports(tmp_path):
     fresh = ExplanationStore(tmp_path / "t.sqlite")
     assert n == 1 and fresh.import_parquet(tmp_path / "x.parquet") == 1
     assert fresh.import_parquet(tmp_path / "x.parquet") == 0
+    # first writer wins, except that a usable imported row replaces a stored failure
+    fresh.put_many([Entry(k3, "m2", "t", "positive", "Hi 1.", " 1.", "failed"),
+                    Entry(k2, "m", "t", "positive", "Hi you.", " you.", "ok")])
+    fixed = ExplanationStore(tmp_path / "fixed.sqlite")
+    fixed.put_many([Entry(k3, "m2", "t", "positive", "Hi all.", " all.", "repaired"),
+                    Entry(k2, "m", "t", "positive", "Hi me.", " me.", "ok")])
+    fixed.export_parquet(tmp_path / "y.parquet")
+    assert fresh.import_parquet(tmp_path / "y.parquet") == 1
+    got = fresh.get_many([k2, k3])
+    assert got[k3].text == "Hi all." and got[k3].status == "repaired" and got[k2].text == "Hi you."
 
 
 def test_job_generates_once_and_resumes(tiny, tmp_path):
@@ -128,6 +159,43 @@ def test_backend_errors_are_retried_on_the_next_run(tiny, tmp_path):
     llm.fail_every = 0
     second = ex.run(tiny.samples, tiny.items, progress=False)[0]
     assert second.generated == first.errors and second.cached == first.generated
+
+
+def test_retry_failed_regenerates_only_the_failed(tiny, tmp_path):
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    llm = FakeLLM(reply=lambda p: " 1." if "did not" in p.prefix else " it is a fine film.")
+    first = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False)).run(
+        tiny.samples, tiny.items, progress=False)[0]
+    assert first.failed == first.generated // 2
+    llm.reply = lambda p: " it is too long."
+    again = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False)).run(
+        tiny.samples, tiny.items, progress=False)[0]
+    assert again.generated == 0  # failures are results too: not retried unless asked
+    retry = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False, retry_failed=True))
+    s = retry.run(tiny.samples, tiny.items, progress=False)[0]
+    assert s.generated == first.failed and s.failed == 0 and s.cached == first.generated - first.failed
+    table = retry.lookup(tiny.samples, tiny.items)
+    assert table["negative"].str.endswith("because it is too long.").all()
+    assert table["positive"].str.endswith("because it is a fine film.").all()
+
+
+def test_retry_failed_also_redoes_outputs_todays_cleanup_rejects(tiny, tmp_path):
+    # a row stored as ok by an older clean-up: the list cut off at its first number
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    llm = FakeLLM(reply=lambda p: " it is fun." if "did not" in p.prefix else " of these movies: 1. Heat 2. Ran")
+    ex = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False))
+    ex.run(tiny.samples, tiny.items, progress=False)
+    jobs = ex.sample_jobs(tiny.samples, ex.item_texts(tiny.items, progress=False, generate=False)[0])
+    pos = next(j for j in jobs if j.task == "positive")
+    stored = store.get_many([pos.key])[pos.key]
+    assert stored.text.endswith("1. Heat 2. Ran.") and stored.status != "failed"
+    store.put_many([Entry(pos.key, stored.model_id, stored.template, "positive", "…movies: 1.",
+                          " of these movies: 1.", "ok")])
+    llm.reply = lambda p: " it is a heist film."
+    again = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False, retry_failed=True))
+    s = again.run(tiny.samples, tiny.items, progress=False)[0]
+    assert s.generated == 1
+    assert store.get_many([pos.key])[pos.key].text.endswith("because it is a heist film.")
 
 
 def test_bad_generations_are_marked_not_crashing(tiny, tmp_path):

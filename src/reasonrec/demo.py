@@ -54,7 +54,7 @@ def main() -> None:
     store_path = ARTIFACTS / "store" / "explanations.sqlite"
     store = ExplanationStore(store_path)
     if CACHE.is_file():
-        print(f"imported {store.import_parquet(CACHE):,} new rows from {CACHE.name} into {store_path}")
+        print(f"imported {store.import_parquet(CACHE):,} rows (new, or replacing failed ones) from {CACHE.name} into {store_path}")
     explainer = explainer_for(data, store=store_path)
     for summary in explainer.run(data.samples, data.items, progress=True):
         print(summary.line())

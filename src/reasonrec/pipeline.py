@@ -30,13 +30,22 @@ def explainer_for(data: Prepared, llm: str = "embedded", variant: str = "contras
                      ExplainConfig(variant=variant, profiles=profiles, **config))
 
 
+def store_reader(data: Prepared, llm: str = "embedded", variant: str = "contrastive", profiles: bool = True,
+                 store: str | Path = DEFAULT_STORE):
+    """An Explainer for looking texts up: no weights are loaded, no server is contacted."""
+    from reasonrec.llm import model_id_of
+    from reasonrec.llm.base import ModelIdOnly
+
+    return explainer_for(data, llm, variant, profiles, store, backend=ModelIdOnly(model_id_of(llm)))
+
+
 def load_explanations(data: Prepared, llm: str = "embedded", variant: str = "contrastive", profiles: bool = True,
                       store: str | Path = DEFAULT_STORE, max_missing: float = 0.0) -> tuple[pd.DataFrame, dict]:
     """The variant's texts for every sample, plus what the recommender needs to read them.
 
     Returns (table with sample_id + one column per task, {"text_columns", "strip_prefixes",
     "coverage"}). Raises when more than `max_missing` of the samples lack a text."""
-    explainer = explainer_for(data, llm, variant, profiles, store)
+    explainer = store_reader(data, llm, variant, profiles, store)
     tasks = explainer.templates.variant_tasks(variant)
     table = explainer.lookup(data.samples, data.items)
     missing = table[tasks].isna().any(axis=1).mean() if len(table) else 1.0

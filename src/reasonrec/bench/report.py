@@ -1,6 +1,6 @@
 """`reasonrec bench report`: REPORT.md + PNG figures from a spec's results alone (no training).
 
-Reads `benchmarks/results/<spec>/` (results.csv, spec.json, status.json, insights.json and the
+Reads `benchmarks/results/<spec>/` (results.csv, spec.json, status.json, insights.json, texts.csv and the
 runs' .npz predictions) and writes `benchmarks/<spec>/REPORT.md` and `benchmarks/<spec>/figures/`.
 
 Significance: per-seed paired t-tests (one-sample t against a deterministic row such as
@@ -80,6 +80,7 @@ class Results:
         self.spec = _read_json(self.dir / "spec.json") or {}
         self.status = _read_json(self.dir / "status.json") or {}
         self.insights = _read_json(self.dir / "insights.json")
+        self.texts = pd.read_csv(self.dir / "texts.csv") if (self.dir / "texts.csv").is_file() else None
         self.meta = {e["id"]: e for e in self.spec.get("experiments", [])}
         for exp_id, g in self.df.groupby("id", sort=False):   # results.csv is the fallback for ids
             self.meta.setdefault(exp_id, {"id": exp_id, "label": g["label"].iloc[0], "tag": g["tag"].iloc[0],
@@ -450,6 +451,23 @@ class Report:
             lines += [f"**{task}**", "", self.caption(shown), "",
                       _md_table(header + ["lr, embed_dim", "s / epoch"], rows), ""]
         return "\n".join(lines)
+
+    def texts_table(self) -> str:
+        """Coverage and variety of every text set the rows read."""
+        t = self.r.texts
+        if t is None or t.empty:
+            return ""
+        names = self.r.spec.get("llm_names", {})
+        rows = [[str(r.slice), names.get(r.llm, r.llm), str(r.variant), "yes" if r.profiles else "no", str(r.column),
+                 f"{r.with_text:,} / {r.samples:,}", f"{r.distinct_ratio:.3f}", f"{r.mean_words:.1f}",
+                 f"{r.top_share:.1%}: \"{str(r.top_text)[:90].replace('|', '/')}\""]
+                for r in t.itertuples()]
+        return "\n".join(["## Explanation texts", "",
+                          "What each text set the rows read looks like: samples with a usable text, the share of "
+                          "distinct texts (1 = every sample its own sentence), mean words, and the most common "
+                          "text with its share.", "",
+                          _md_table(["Slice", "LLM", "Variant", "Profiles", "Text", "Samples with text",
+                                     "Distinct", "Words", "Most common"], rows), ""])
 
     def table2(self) -> str:
         out = []
@@ -878,7 +896,8 @@ class Report:
         for old in self.fig_dir.glob("*.png") if self.fig_dir.is_dir() else []:
             old.unlink()
         body = [self.header(), self.table2(), self.explanations_table(), self.table3(),
-                *(self.variant_table(k) for k in TABLE_TAGS), self.figure6(), self.figure7(), self.insights()]
+                *(self.variant_table(k) for k in TABLE_TAGS), self.figure6(), self.figure7(), self.insights(),
+                self.texts_table()]
         body = [part for part in body if part]
         figure_claims, self.claims = self.claims, []
         self.derive_claims()

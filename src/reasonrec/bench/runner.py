@@ -18,10 +18,13 @@ Layout under `benchmarks/results/<spec>/`:
     spec.json        the resolved spec and the slices, for the report
     status.json      per experiment: done / skipped (why, and the command that fixes it) / failed
     insights.json    section 5.5.3 keywords of the most-explained test items
+    texts.csv        per slice x LLM x variant x text column: how many samples have a text, how
+                     varied the texts are (a generator that writes one sentence for everyone
+                     cannot help a recommender, whatever its size)
 
 Nothing here calls an LLM to generate text: explanations come from the store (and the committed
 cache exports it imports when texts are missing). The LLM backend is only built to learn its
-model id (which keys the store), then dropped.
+model id (which keys the store).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import pandas as pd
 from reasonrec.bench.spec import Experiment, Spec, card_fingerprint, run_hash
 from reasonrec.data.prepare import Prepared, load_prepared, restrict_users
 from reasonrec.errors import ReasonrecError
+from reasonrec.llm.base import ModelIdOnly
 
 DEFAULT_ENCODER_CACHE = Path("artifacts/cache/bench-encoders")
 METRIC_NAMES = ("auc", "logloss", "rmse", "mae", "rmse_norm", "mae_norm")
@@ -74,15 +78,6 @@ def apply_train_fraction(samples: pd.DataFrame, fraction: float, seed: int) -> p
     return samples[mask].reset_index(drop=True)
 
 
-def resolve_llm(llm: str) -> str:
-    """Spec aliases: `gemma3` is the optional Gemma-3-270M GGUF package."""
-    if llm == "gemma3":
-        from reasonrec.assets import gemma3_gguf
-
-        return f"gguf:{gemma3_gguf()}"
-    return llm
-
-
 # --- encoders --------------------------------------------------------------------------------------
 
 class _MemoEncoder:
@@ -112,13 +107,6 @@ class _MemoEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype="float32")
         return np.stack([self.memo[t] for t in texts])
-
-
-class _IdOnly:
-    """Stands in for a backend where only its model id is needed (store keys)."""
-
-    def __init__(self, model_id: str):
-        self.model_id = model_id
 
 
 @dataclass
@@ -206,26 +194,20 @@ class BenchRunner:
 
     def model_id(self, llm: str) -> str:
         """The id that keys the LLM's rows in the store: pinned in the spec (`model_ids`), else
-        learned by building the backend once (and dropping it: nothing is generated here)."""
+        derived from the backend spec without loading the model (nothing is generated here)."""
         if llm not in self._model_ids and llm in self.spec.model_ids:
             self._model_ids[llm] = self.spec.model_ids[llm]
         if llm not in self._model_ids:
             if self._factory is not None:
-                backend = self._factory(llm)
+                self._model_ids[llm] = self._factory(llm).model_id
             else:
-                from reasonrec.llm import get_backend
+                from reasonrec.llm import model_id_of
 
-                backend = get_backend(resolve_llm(llm))
-            self._model_ids[llm] = backend.model_id
-            del backend
+                self._model_ids[llm] = model_id_of(llm)
         return self._model_ids[llm]
 
     def explain_command(self, exp: Experiment) -> str:
-        try:
-            llm = resolve_llm(exp.llm)
-        except ReasonrecError:
-            llm = "gguf:<path of the Gemma-3-270M GGUF>" if exp.llm == "gemma3" else exp.llm
-        parts = ["reasonrec explain", f"--dataset {self.slice_dir(exp.users)}", f"--llm {llm}",
+        parts = ["reasonrec explain", f"--dataset {self.slice_dir(exp.users)}", f"--llm {exp.llm}",
                  f"--variant {exp.variant}"]
         if not exp.profiles:
             parts.append("--no-profiles")
@@ -254,7 +236,7 @@ class BenchRunner:
                          f"{self.spec.store} (tolerated: {self.spec.max_missing:.1%})")
                 raise MissingExplanations(
                     f"{short} (never generated, or generated and failed clean-up: `reasonrec cache stats` "
-                    f"counts failures; a rerun keeps them, greedy decoding would repeat them). Generate missing ones with:\n"
+                    f"counts failures; a rerun keeps them unless given --retry-failed). Generate missing ones with:\n"
                     f"    {self.explain_command(exp)}\n"
                     f"or import a cache export with `reasonrec cache import FILE --store {self.spec.store}`", short)
         except Exception as err:  # no backend, no store, bad template: the run is skipped, not the spec
@@ -278,7 +260,7 @@ class BenchRunner:
         data = self.slice(exp.users)
         model_id = self.model_id(exp.llm)
         templates = load_templates(data.card.get("domain", "movie"))
-        explainer = Explainer(_IdOnly(model_id), ExplanationStore(self.spec.store), templates,
+        explainer = Explainer(ModelIdOnly(model_id), ExplanationStore(self.spec.store), templates,
                               ExplainConfig(variant=exp.variant, profiles=exp.profiles))
         tasks = templates.variant_tasks(exp.variant)
         table = explainer.lookup(data.samples, data.items)
@@ -307,7 +289,7 @@ class BenchRunner:
         for f in files:
             n = ExplanationStore(self.spec.store).import_parquet(f)
             added += n
-            self.echo(f"imported {n:,} new rows from {f} into {self.spec.store}")
+            self.echo(f"imported {n:,} rows from {f} into {self.spec.store}")
         self._expl = {k: v for k, v in self._expl.items() if not isinstance(v, Exception)}
         return added > 0
 
@@ -439,6 +421,7 @@ class BenchRunner:
         self._write_status(runs)
         self._write_spec_json()
         self.write_insights()
+        self.write_text_stats()
         table = self.collect()
         counts["seconds"] = round(time.perf_counter() - started, 1)
         counts["results"] = str(self.out / "results.csv")
@@ -721,6 +704,29 @@ class BenchRunner:
         f.write_text(json.dumps(out, indent=1))
         return out
 
+    def write_text_stats(self) -> pd.DataFrame | None:
+        """texts.csv for the texts read in this invocation; rows of texts not read now are kept."""
+        f = self.out / "texts.csv"
+        keys = ["slice", "llm", "variant", "profiles", "column"]
+        rows = []
+        for (users, llm, variant, profiles), found in self._expl.items():
+            if isinstance(found, Exception):
+                continue
+            for column in found.info["text_columns"]:
+                rows.append({"slice": "all" if users is None else f"u{users}", "llm": llm, "variant": variant,
+                             "profiles": profiles, "column": column, **text_stats(found.table[column])})
+        if not rows:
+            return None
+        new = pd.DataFrame(rows)
+        if f.is_file():
+            old = pd.read_csv(f)
+            fresh = set(map(tuple, new[keys].astype(str).to_numpy()))
+            old = old[[tuple(r) not in fresh for r in old[keys].astype(str).to_numpy()]]
+            new = pd.concat([old, new], ignore_index=True)
+        new = new.sort_values(keys).reset_index(drop=True)
+        new.to_csv(f, index=False)
+        return new
+
     def explanation_plan(self, only=None) -> list[dict]:
         """Per text-reading experiment: slice, coverage in the store, and the command that fills it."""
         rows = []
@@ -746,6 +752,18 @@ class BenchRunner:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
+def text_stats(texts: pd.Series) -> dict:
+    """Coverage and variety of one text column: distinct ratio, mean words, the commonest text's share."""
+    present = texts.dropna().astype(str)
+    counts = present.value_counts()
+    n = len(present)
+    return {"samples": len(texts), "with_text": n,
+            "distinct_ratio": round(len(counts) / n, 4) if n else None,
+            "mean_words": round(float(present.str.split().str.len().mean()), 2) if n else None,
+            "top_share": round(float(counts.iloc[0]) / n, 4) if n else None,
+            "top_text": counts.index[0] if n else None}
+
 
 def _arrays(test: pd.DataFrame, pred) -> dict:
     return {"sample_id": test["sample_id"].to_numpy("int64"), "pred": np.asarray(pred, dtype="float32"),

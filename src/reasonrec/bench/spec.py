@@ -8,7 +8,7 @@
     store: artifacts/store/explanations.sqlite
     cache: [benchmarks/cache/*.parquet]                  # imported into the store when texts are missing
     llm: embedded                # default generator: embedded | gemma3 | gguf:/path | openai:M@URL | vllm:M
-    llm_names: {embedded: SmolLM2-135M-Instruct, gemma3: Gemma-3-270M-it}
+    llm_names: {embedded: SmolLM2-135M-Instruct, gemma3: Gemma-3-270M (base)}
     model_ids: {gemma3: "gemma-3-270m...:sha256=...:float32"}  # optional: store ids, so no backend is built
     seeds: [0, 1, 2, 3, 4]
     tasks: [classification, regression]

@@ -10,12 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from reasonrec.llm.base import ENUMERATOR, list_number
+
 # A sentence ends at . ! ? followed by whitespace/end, unless the dot belongs to a common abbreviation.
 _ABBREV = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "u.s", "no", "vol", "ft"}
 _SENT_END = re.compile(r"[.!?](?=\s|$)")
 _LABEL = re.compile(r"^\s*(explanation|answer|reason|output|profile)\s*:\s*", re.I)
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"[A-Za-z0-9']+")
+_TRAILING_NUMBER = re.compile(r"(?<![\w.])(\d{1,2})\.$")
+_LATER_ITEM = re.compile(r"(?<![\w.])2\.(?=\s|$)")
 
 
 @dataclass
@@ -27,11 +31,16 @@ class Cleaned:
 
 
 def first_sentence(text: str) -> tuple[str, bool]:
-    """Text up to and including the first sentence end; (text, was_cut)."""
+    """Text up to and including the first sentence end; (text, was_cut). The dots of abbreviations,
+    initials and list numbers ("genres: 1. Comedy 2. Drama") end no sentence."""
+    number = None
     for m in _SENT_END.finditer(text):
         before = text[:m.start()]
         last = before.rsplit(None, 1)[-1].lower() if before.split() else ""
         if m.group() == "." and (last.rstrip(".") in _ABBREV or (len(last) == 1 and last.isalpha())):
+            continue
+        if m.group() == "." and (k := list_number(text, m.start(), number)) is not None:
+            number = k
             continue
         end = m.end()
         return text[:end], bool(text[end:].strip())
@@ -64,6 +73,9 @@ def clean(prefix: str, continuation: str, finish_reason: str = "stop", min_words
         repairs.append("stripped_label")
         text = stripped
     text = text.strip().strip('"').strip("\u201c\u201d").strip()
+    if (m := ENUMERATOR.match(text)) and not _LATER_ITEM.search(first_sentence(text)[0], m.end()):
+        text = text[m.end():].lstrip()   # "1. The consumer ..." numbers a one-item answer: drop it
+        repairs.append("stripped_enumerator")
     if prefix:
         # the model sometimes starts over with the very words it was given
         p = prefix.strip().lower()
@@ -78,6 +90,14 @@ def clean(prefix: str, continuation: str, finish_reason: str = "stop", min_words
     if looped:
         repairs.append("cut_repetition")
     text = text.strip()
+    if m := _TRAILING_NUMBER.search(text):
+        # "...genres: 1." is a list cut off before its first item; "1. a 2. b 3." only lost its tail
+        before = text[: m.start()].rstrip()
+        if not before or before.endswith(":"):
+            return Cleaned(f"{prefix.strip()} {before}".strip(), False, repairs, "truncated_list")
+        if int(m.group(1)) > 1 and f"{int(m.group(1)) - 1}." in before:
+            text = before
+            repairs.append("cut_list_number")
     if finish_reason == "length" and not _SENT_END.search(text[-1:] if text else ""):
         repairs.append("hit_token_limit")
     body_words = _WORD.findall(text)

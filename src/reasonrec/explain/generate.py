@@ -154,7 +154,10 @@ class Explainer:
         for job in jobs:
             unique.setdefault(job.key, job)
         summary = RunSummary(stage, requested=len(unique))
-        present = self.store.get_many(list(unique), include_failed=not self.cfg.retry_failed)
+        present = self.store.get_many(list(unique))
+        if self.cfg.retry_failed:  # failures, and outputs today's clean-up rejects (made before a fix)
+            present = {k: e for k, e in present.items() if e.status != "failed" and self._clean(
+                unique[k], e.raw, "length" if "hit_token_limit" in e.repairs else "stop").ok}
         summary.cached = len(present)
         pending = [j for k, j in unique.items() if k not in present]
         if not pending:
@@ -216,14 +219,16 @@ class Explainer:
             groups.setdefault((job.group, job.task in _PAIRED), []).append(job)
         return list(groups.values())
 
+    @staticmethod
+    def _clean(job: _Job, text: str, finish_reason: str) -> Cleaned:
+        if job.task == "direct":
+            return _parse_rating(text)
+        return clean(job.prompt.prefix, text, finish_reason, min_words=1 if job.task in ("aspects", "profile") else 3)
+
     def _entry(self, job: _Job, gen: Generation) -> Entry | None:
         if gen.finish_reason == "error":
             return None
-        if job.task == "direct":
-            cleaned = _parse_rating(gen.text)
-        else:
-            cleaned = clean(job.prompt.prefix, gen.text, gen.finish_reason,
-                            min_words=1 if job.task in ("aspects", "profile") else 3)
+        cleaned = self._clean(job, gen.text, gen.finish_reason)
         status = "failed" if not cleaned.ok else ("repaired" if cleaned.repairs else "ok")
         tags = ",".join(cleaned.repairs + ([cleaned.reason] if cleaned.reason else []))
         return Entry(job.key, self.model_id, job.template_id, job.task, cleaned.text, gen.text, status, tags,

@@ -103,7 +103,8 @@ class ExplanationStore(LocalDB):
         return len(df)
 
     def import_parquet(self, path: str | Path) -> int:
-        """Add rows from an export; rows already present are kept (first writer wins)."""
+        """Add rows from an export. Rows already present are kept (first writer wins), except that a
+        usable imported row replaces a stored failure (a cache made after a clean-up fix)."""
         df = pd.read_parquet(path)
         missing = [c for c in COLUMNS if c not in df.columns]
         if missing:
@@ -111,10 +112,11 @@ class ExplanationStore(LocalDB):
 
             raise DataError(f"not an explanation export: missing column(s) {missing}", file=str(path))
         con = self._conn()
-        before = self.count()
         con.execute("BEGIN IMMEDIATE")
-        con.executemany(f"INSERT OR IGNORE INTO generations ({','.join(COLUMNS)}) VALUES "
-                        f"({','.join('?' * len(COLUMNS))})",
+        changes = con.total_changes
+        con.executemany(f"INSERT INTO generations ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))}) "
+                        f"ON CONFLICT(key) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in COLUMNS[1:])} "
+                        "WHERE generations.status = 'failed' AND excluded.status != 'failed'",
                         df[COLUMNS].astype(object).itertuples(index=False, name=None))
         con.execute("COMMIT")
-        return self.count() - before
+        return con.total_changes - changes

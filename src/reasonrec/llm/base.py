@@ -17,6 +17,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
+from reasonrec.errors import ReasonrecError
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -86,13 +88,52 @@ class LLMBackend(Protocol):
 
 
 SENTENCE_END = re.compile(r"[.!?](?=\s)")
+# Small models often answer with a list ("1. The consumer ...", "genres: 1. Comedy 2. Drama"); the
+# dot of a list number ends no sentence.
+ENUMERATOR = re.compile(r"\s*\d{1,2}\.(?=\s|$)")
+_NUMBER_DOT = re.compile(r"(?<![\w.])(\d{1,2})\.$")
+
+
+def list_number(text: str, dot: int, last: int | None) -> int | None:
+    """The number that the '.' at text[dot] closes, if it numbers a list item: at the start, after a
+    colon or a line break, or the successor of the list number seen before (`last`)."""
+    m = _NUMBER_DOT.search(text, 0, dot + 1)
+    if m is None:
+        return None
+    k = int(m.group(1))
+    before = text[: m.start()].rstrip(" \t")
+    if not before or before[-1] in ":\n" or (last is not None and k == last + 1):
+        return k
+    return None
+
+
+def sentence_end(text: str) -> re.Match | None:
+    """The first '.', '!' or '?' followed by whitespace that is not a list number's dot."""
+    last = None
+    for m in SENTENCE_END.finditer(text):
+        if m.group() == "." and (k := list_number(text, m.start(), last)) is not None:
+            last = k
+            continue
+        return m
+    return None
 
 
 def first_sentence(text: str) -> str:
-    """`text` up to its first '.', '!' or '?' that is followed by whitespace (the papers ask for one
-    sentence); the whole text when there is none."""
-    m = SENTENCE_END.search(text)
+    """`text` up to its first sentence end (the papers ask for one sentence); the whole text when
+    there is none."""
+    m = sentence_end(text)
     return text[: m.end()] if m else text
+
+
+@dataclass(frozen=True)
+class ModelIdOnly:
+    """An LLM as far as reading its texts from the store goes: its id keys the rows; it generates
+    nothing (no weights loaded, no server contacted)."""
+
+    model_id: str
+
+    def generate_groups(self, groups, params):
+        raise ReasonrecError(f"{self.model_id} is only an id here: texts can be read from the store, not generated")
 
 
 def generate_flat(backend: LLMBackend, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:

@@ -11,6 +11,7 @@ and benchmarked against.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -78,6 +79,15 @@ def converted_copy(gguf: Path) -> tuple[Path, dict]:
     return target, json.loads(meta_file.read_text())
 
 
+def embedded_model_id(gguf: str | Path, dtype: str = "float32") -> str:
+    """Identity of a GGUF's weights at a compute dtype: part of every cache key of its texts."""
+    path = Path(gguf)
+    if not path.is_file():
+        raise ReasonrecError(f"GGUF file not found: {path}")
+    _, meta = converted_copy(path)
+    return f"{meta['source']}:sha256={meta['sha256'][:16]}:{dtype}"
+
+
 def _busy_cpu_seconds() -> float | None:
     """CPU seconds all cores spent busy since boot (/proc/stat), or None where unavailable."""
     try:
@@ -87,6 +97,23 @@ def _busy_cpu_seconds() -> float | None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _punctuation_tokens(tokenizer) -> torch.Tensor:
+    """Ids of tokens made only of punctuation and whitespace (word-boundary markers aside)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    keep = [i for i, p in enumerate(pieces)
+            if p and (core := p.replace("\u2581", "").replace("\u0120", "").strip())
+            and all(ch in ".\u2026!?,;:-" for ch in core)]
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def _suppressing(pick: Picker, banned: torch.Tensor) -> Picker:
+    def first(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        logits[:, banned] = float("-inf")
+        return pick(logits)
+    return first
 
 
 class CoreMeter:
@@ -140,10 +167,10 @@ class EmbeddedBackend:
         self._cores = CoreMeter()
         if isinstance(threads, int):
             torch.set_num_threads(threads)
-        directory, meta = converted_copy(path)
+        directory, _ = converted_copy(path)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]).eval()
-        self.model_id = f"{meta['source']}:sha256={meta['sha256'][:16]}:{dtype}"
+        self.model_id = embedded_model_id(path, dtype)
         self.batch_size = batch_size
         self.engine = CascadeEngine(self.model, batch_size=batch_size, prefill_tokens=prefill_tokens)
         gen_eos = self.model.generation_config.eos_token_id
@@ -152,6 +179,20 @@ class EmbeddedBackend:
         self._stops = {flag: SentenceStop(self.tokenizer, self.eos_ids, flag) for flag in (True, False)}
         self._lock = threading.Lock()
 
+    @property
+    def plain(self) -> bool:
+        """A base model without a chat template (rendered as plain text)."""
+        return self.tokenizer.chat_template is None
+
+    @functools.cached_property
+    def _punctuation(self) -> torch.Tensor:
+        return _punctuation_tokens(self.tokenizer)
+
+    def _first_pick(self, pick: Picker) -> Picker | None:
+        # A base model copies the format line "...because..." and answers with a bare "...": its
+        # answer may not start with punctuation (what `begin_suppress_tokens` does in HF generate).
+        return _suppressing(pick, self._punctuation) if self.plain else None
+
     @classmethod
     def from_gguf(cls, path: str | Path, **kwargs) -> "EmbeddedBackend":
         return cls(path, **kwargs)
@@ -159,7 +200,15 @@ class EmbeddedBackend:
     # -- prompts -------------------------------------------------------------------------------
 
     def render(self, prompt: Prompt) -> str:
-        """The model's chat template with the assistant turn opened, then the forced prefix."""
+        """The model's chat template with the assistant turn opened, then the forced prefix.
+
+        A base model (no chat template, e.g. Gemma-3-270M) gets the messages as plain paragraphs and
+        an "Answer:" cue; the forced prefix then makes it continue the sentence we want.
+        """
+        if self.plain:
+            body = "\n\n".join(content for _, content in prompt.messages)
+            answer = f"\n\nAnswer: {prompt.prefix}" if prompt.prefix else "\n\nAnswer:"
+            return (self.tokenizer.bos_token or "") + body + answer
         messages = [{"role": role, "content": content} for role, content in prompt.messages]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + prompt.prefix
@@ -176,20 +225,20 @@ class EmbeddedBackend:
     def generate_groups(self, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
         ids = [[self.encode(p) for p in g] for g in groups]
         stop = self._stops[params.stop_at_sentence_end]
-        done = self.generate_ids(ids, params.max_new_tokens, stop.done,
-                                 picker(params.temperature, params.top_p, params.seed))
+        pick = picker(params.temperature, params.top_p, params.seed)
+        done = self.generate_ids(ids, params.max_new_tokens, stop.done, pick, self._first_pick(pick))
         return [[Generation(text=stop.text(c.ids), tokens=len(c.ids), prompt_tokens=len(p),
                             finish_reason=c.finish_reason) for p, c in zip(gi, gd)]
                 for gi, gd in zip(ids, done)]
 
     def generate_ids(self, groups: list[list[list[int]]], max_new_tokens: int, done: Callable[[list[int]], bool],
-                     pick: Picker) -> list[list[Completion]]:
+                     pick: Picker, first_pick: Picker | None = None) -> list[list[Completion]]:
         """The engine on token ids, with any stop rule (`done`) and token picker: for callers that
         render prompts themselves (the OpenAI-compatible server)."""
         with self._lock:
             if self.threads == "auto":
                 torch.set_num_threads(self._cores.free_cores())
-            return self.engine.generate(groups, max_new_tokens, done, pick)
+            return self.engine.generate(groups, max_new_tokens, done, pick, first_pick)
 
     def generate_reference(self, prompts: list[Prompt], params: GenerationParams,
                            batch_size: int | None = None) -> list[Generation]:
@@ -197,7 +246,8 @@ class EmbeddedBackend:
         ids = [self.encode(p) for p in prompts]
         stop = self._stops[params.stop_at_sentence_end]
         with self._lock:
-            out = hf_generate(self.model, ids, params.max_new_tokens, stop, batch_size or self.batch_size, self.pad_id)
+            out = hf_generate(self.model, ids, params.max_new_tokens, stop, batch_size or self.batch_size, self.pad_id,
+                              self._punctuation.tolist() if self.plain else None)
         return [Generation(text=stop.text(o), tokens=len(o), prompt_tokens=len(p),
                            finish_reason="length" if len(o) >= params.max_new_tokens and not stop.done(o) else "stop")
                 for p, o in zip(ids, out)]

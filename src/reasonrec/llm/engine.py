@@ -48,7 +48,7 @@ from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
-from reasonrec.llm.base import SENTENCE_END, first_sentence
+from reasonrec.llm.base import first_sentence, sentence_end
 
 ATTENTION_NAME = "reasonrec_cascade"
 _FAR = 1 << 40  # position of an empty cache cell: greater than any query position, so never attended
@@ -78,7 +78,7 @@ class SentenceStop:
             return True
         if not self.one_sentence or not (ids[-1] in self._marks or (len(ids) > 1 and ids[-2] in self._marks)):
             return False
-        return SENTENCE_END.search(self.tokenizer.decode(ids, skip_special_tokens=True)) is not None
+        return sentence_end(self.tokenizer.decode(ids, skip_special_tokens=True)) is not None
 
     def cut(self, ids: Sequence[int]) -> list[int]:
         """The prefix of a full generation up to the step where `done` first fires."""
@@ -103,7 +103,7 @@ class _HFStop(StoppingCriteria):
 
 
 def hf_generate(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, stop: SentenceStop,
-                batch_size: int, pad_id: int) -> list[list[int]]:
+                batch_size: int, pad_id: int, suppress_first: list[int] | None = None) -> list[list[int]]:
     """Plain greedy `model.generate` in left-padded batches, with the same stop rule as the engine.
 
     The reference the engine is measured and tested against.
@@ -116,7 +116,7 @@ def hf_generate(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad_id,
+                                 do_sample=False, pad_token_id=pad_id, begin_suppress_tokens=suppress_first,
                                  stopping_criteria=StoppingCriteriaList([_HFStop(stop, width)]))
             out.extend(stop.cut(row[width:].tolist()) for row in gen)
     return out
@@ -402,11 +402,12 @@ class CascadeEngine:
     # -- public ------------------------------------------------------------------------------
 
     def generate(self, groups: list[list[list[int]]], max_new_tokens: int, done: Callable[[list[int]], bool],
-                 pick: Picker) -> list[list[Completion]]:
+                 pick: Picker, first_pick: Picker | None = None) -> list[list[Completion]]:
         """One completion per prompt, in the shape of `groups`.
 
         done(ids) says whether a row's generated ids are finished (checked after every token);
-        pick(logits) chooses the next tokens. A row also stops after max_new_tokens.
+        pick(logits) chooses the next tokens, first_pick (default: pick) the first one. A row also
+        stops after max_new_tokens.
         """
         flat = [p for g in groups for p in g]
         if not all(flat):
@@ -415,13 +416,13 @@ class CascadeEngine:
         if not live:
             return [[] for _ in groups]
         with torch.inference_mode(), self._attention():
-            results = self._run(live, flat, max_new_tokens, done, pick)
+            results = self._run(live, flat, max_new_tokens, done, pick, first_pick or pick)
         ordered = iter(results[i] for i in range(len(flat)))
         return [[next(ordered) for _ in g] for g in groups]
 
     # -- scheduling ----------------------------------------------------------------------------
 
-    def _run(self, groups, flat, max_new_tokens, done, pick) -> dict[int, Completion]:
+    def _run(self, groups, flat, max_new_tokens, done, pick, first_pick) -> dict[int, Completion]:
         root = self._root_for(flat, many=len(groups) > 1)
         r = root.length
         starts = [0]
@@ -466,7 +467,7 @@ class CascadeEngine:
                 take = [pending.popleft() for _ in range(min(len(free), len(pending)))]
                 slots = [free.pop() for _ in take]
                 rows = self._admit(c, [groups[i] for i in take], [split[i] - r for i in take], r,
-                                   slots, [starts[i] for i in take], pick)
+                                   slots, [starts[i] for i in take], first_pick)
                 for g in slots:
                     members_left[g] = 0
                 for row, token in rows:
