@@ -23,8 +23,8 @@ Layout under `benchmarks/results/<spec>/`:
                      cannot help a recommender, whatever its size)
 
 Nothing here calls an LLM to generate text: explanations come from the store (and the committed
-cache exports it imports when texts are missing). The LLM backend is only built to learn its
-model id (which keys the store).
+cache exports it imports when texts are missing); the LLM is known only by its model id, which
+keys the store and is derived without loading the model (`reasonrec.llm.model_id_of`).
 """
 
 from __future__ import annotations
