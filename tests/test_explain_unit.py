@@ -8,7 +8,7 @@ from reasonrec.data.prepare import PrepareConfig, prepare
 from reasonrec.data.readers import read
 from reasonrec.errors import ReasonrecError
 from reasonrec.explain.cleanup import clean, first_sentence
-from reasonrec.explain.generate import ExplainConfig, Explainer
+from reasonrec.explain.generate import ExplainConfig, Explainer, shard_samples
 from reasonrec.explain.store import Entry, ExplanationStore, make_key
 from reasonrec.explain.templates import DOMAINS, load_templates
 from reasonrec.llm.base import GenerationParams, Prompt, sentence_end
@@ -206,6 +206,15 @@ def test_bad_generations_are_marked_not_crashing(tiny, tmp_path):
     assert s.failed == s.generated // 2
     table = ex.lookup(tiny.samples, tiny.items)
     assert table["negative"].isna().all() and table["positive"].notna().all()
+
+
+def test_shards_split_the_samples_exactly(tiny):
+    parts = [shard_samples(tiny.samples, f"{i}/3") for i in range(3)]
+    ids = sorted(i for p in parts for i in p["sample_id"])
+    assert ids == sorted(tiny.samples["sample_id"]) and all(len(p) for p in parts)
+    for bad in ("3/3", "1-2", "a/b"):
+        with pytest.raises(ReasonrecError, match="--shard"):
+            shard_samples(tiny.samples, bad)
 
 
 def test_direct_variant_parses_ratings(tiny, tmp_path):

@@ -95,10 +95,14 @@ def explain(
     summary_json: Optional[Path] = typer.Option(None, help="also write the run summary here"),
     retry_failed: bool = typer.Option(False, help="generate again the prompts whose stored output failed, or "
                                                   "fails today's clean-up (after a clean-up or stop-rule fix)"),
+    shard: Optional[str] = typer.Option(None, help="I/N: only samples with sample_id % N == I, so N processes "
+                                                   "(one thread each, or N machines sharing the store) split a run"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads of the embedded model [default: re-picked per "
+                                                     "batch from the cores other jobs leave free]"),
 ):
     """Generate (or complete) the explanations of a prepared dataset into the store."""
     from reasonrec.data.prepare import load_prepared
-    from reasonrec.explain.generate import ExplainConfig, Explainer
+    from reasonrec.explain.generate import ExplainConfig, Explainer, shard_samples
     from reasonrec.explain.store import ExplanationStore
     from reasonrec.explain.templates import load_templates
     from reasonrec.llm import get_backend
@@ -107,10 +111,13 @@ def explain(
     samples = data.samples
     if split:
         samples = samples[samples["split"].isin(split)]
+    if shard:
+        samples = shard_samples(samples, shard)
     if max_samples is not None:
         samples = samples.head(max_samples)
     domain = data.card.get("domain", "movie")
-    explainer = Explainer(get_backend(llm), ExplanationStore(store), load_templates(domain),
+    explainer = Explainer(get_backend(llm, **({"threads": threads} if threads else {})), ExplanationStore(store),
+                          load_templates(domain),
                           ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size,
                                         retry_failed=retry_failed))
     typer.echo(f"{len(samples):,} samples of {dataset} ({domain}), variant {variant}, "

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 from tqdm.auto import tqdm
 
+from reasonrec.errors import ReasonrecError
 from reasonrec.explain.cleanup import Cleaned, clean
 from reasonrec.explain.store import Entry, ExplanationStore, make_key
 from reasonrec.explain.templates import PAIRED_TASKS, TemplateSet, word_cap_tokens
@@ -236,6 +237,18 @@ class Explainer:
 
 
 _PAIRED = {t for pair in PAIRED_TASKS for t in pair}
+
+
+def shard_samples(samples: pd.DataFrame, shard: str) -> pd.DataFrame:
+    """The part I of N ("I/N") of the samples: sample_id % N == I. Processes on disjoint shards share
+    one store safely (WAL, one commit per batch); item profiles they both need may be made twice."""
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ReasonrecError(f"--shard {shard!r}: expected I/N with integers, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise ReasonrecError(f"--shard {shard!r}: need 0 <= I < N")
+    return samples[samples["sample_id"] % n == i]
 
 
 def _needed_items(samples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
