@@ -54,3 +54,23 @@ def test_kill_mid_run_then_resume(tmp_path):
     assert all(after[k] == t for k, t in before.items())      # same rows, same write time: not regenerated
     stats = json.loads(summary.read_text())[-1]
     assert stats["cached"] == len(before) and stats["generated"] == 24 - len(before)
+
+
+@pytest.mark.slow
+def test_workers_split_a_run_and_add_up(tmp_path):
+    data = tmp_path / "data"
+    prepare(read("ml-100k"), PrepareConfig(max_users=3, last_n_per_user=4)).save(data)
+    store = tmp_path / "store.sqlite"
+    summary = tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "reasonrec.cli", "explain", "--dataset", str(data), "--no-profiles",
+           "--batch-size", "2", "--max-samples", "6", "--store", str(store), "--workers", "2",
+           "--summary-json", str(summary)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(_rows(store)) == 12                            # 6 samples x (positive, negative), each once
+    (stats,) = json.loads(summary.read_text())
+    assert stats["requested"] == 12 and stats["generated"] == 12 and stats["cached"] == 0
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (stats,) = json.loads(summary.read_text())
+    assert stats["cached"] == 12 and stats["generated"] == 0

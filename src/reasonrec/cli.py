@@ -89,7 +89,7 @@ def explain(
                                                     "alt_prompt | direct"),
     profiles: bool = typer.Option(True, help="describe items by LLM-written profiles (the CoT step)"),
     split: Optional[list[str]] = typer.Option(None, help="only these splits (repeatable) [default: all]"),
-    max_samples: Optional[int] = typer.Option(None, help="only the first N samples (after the split filter)"),
+    max_samples: Optional[int] = typer.Option(None, help="only the first N samples (after the split filter, before sharding)"),
     batch_size: int = typer.Option(128, help="samples per batch (one store commit each)"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite"), help="the explanation store"),
     summary_json: Optional[Path] = typer.Option(None, help="also write the run summary here"),
@@ -99,30 +99,49 @@ def explain(
                                                    "(one thread each, or N machines sharing the store) split a run"),
     threads: Optional[int] = typer.Option(None, help="CPU threads of the embedded model [default: re-picked per "
                                                      "batch from the cores other jobs leave free]"),
+    workers: int = typer.Option(1, help="worker processes, one shard each, sharing the store: on a small CPU, "
+                                        "N single-threaded workers beat one N-threaded process"),
 ):
     """Generate (or complete) the explanations of a prepared dataset into the store."""
     from reasonrec.data.prepare import load_prepared
-    from reasonrec.explain.generate import ExplainConfig, Explainer, shard_samples
+    from reasonrec.explain.generate import ExplainConfig, Explainer, needed_items, shard_samples
     from reasonrec.explain.store import ExplanationStore
     from reasonrec.explain.templates import load_templates
     from reasonrec.llm import get_backend
 
+    if workers > 1 and shard:
+        raise ReasonrecError("--workers starts its own shards: give either --workers or --shard")
     data = load_prepared(_dataset_dir(dataset))
     samples = data.samples
     if split:
         samples = samples[samples["split"].isin(split)]
-    if shard:
-        samples = shard_samples(samples, shard)
     if max_samples is not None:
         samples = samples.head(max_samples)
+    if shard:
+        samples = shard_samples(samples, shard)
     domain = data.card.get("domain", "movie")
     explainer = Explainer(get_backend(llm, **({"threads": threads} if threads else {})), ExplanationStore(store),
                           load_templates(domain),
                           ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size,
                                         retry_failed=retry_failed))
     typer.echo(f"{len(samples):,} samples of {dataset} ({domain}), variant {variant}, "
-               f"profiles {'on' if profiles else 'off'}, model {explainer.model_id}")
-    summaries = explainer.run(samples, data.items)
+               f"profiles {'on' if profiles else 'off'}, model {explainer.model_id}"
+               + (f", shard {shard}" if shard else f", {workers} workers" if workers > 1 else ""))
+    if workers > 1:
+        from reasonrec.explain.workers import run_workers
+
+        # profiles first, here: every shard needs them and none should make one twice
+        _, profile_summary = explainer.item_texts(needed_items(samples, data.items))
+        del explainer
+        args = ["--dataset", dataset, "--llm", llm, "--variant", variant,
+                "--profiles" if profiles else "--no-profiles", "--batch-size", str(batch_size), "--store", str(store)]
+        args += [x for s in split or [] for x in ("--split", s)]
+        args += ["--max-samples", str(max_samples)] if max_samples is not None else []
+        args += ["--retry-failed"] if retry_failed else []
+        summaries = [s for s in [profile_summary] if s is not None]
+        summaries += [s for s in run_workers(args, workers, threads) if s.stage != "profiles"]
+    else:
+        summaries = explainer.run(samples, data.items, bar_position=int(shard.split("/")[0]) if shard else 0)
     for s in summaries:
         typer.echo(s.line())
     if summary_json:

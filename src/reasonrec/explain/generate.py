@@ -130,15 +130,18 @@ class Explainer:
 
     # --- running ---------------------------------------------------------------------------
 
-    def run(self, samples: pd.DataFrame, items: pd.DataFrame, progress: bool = True) -> list[RunSummary]:
-        texts, profile_summary = self.item_texts(_needed_items(samples, items), progress)
-        summary = self._execute(self.sample_jobs(samples, texts), f"explanations[{self.cfg.variant}]", progress)
+    def run(self, samples: pd.DataFrame, items: pd.DataFrame, progress: bool = True,
+            bar_position: int = 0) -> list[RunSummary]:
+        """Profiles, then the variant's texts. bar_position: the progress bar's line (one per worker)."""
+        texts, profile_summary = self.item_texts(needed_items(samples, items), progress)
+        summary = self._execute(self.sample_jobs(samples, texts), f"explanations[{self.cfg.variant}]", progress,
+                                bar_position)
         return [s for s in (profile_summary, summary) if s is not None]
 
     def lookup(self, samples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
         """sample_id + one text column per task of the variant (None where not generated yet).
         Never calls the LLM for explanations (profiles must already be in the store)."""
-        texts, _ = self.item_texts(_needed_items(samples, items), progress=False, generate=False)
+        texts, _ = self.item_texts(needed_items(samples, items), progress=False, generate=False)
         jobs = self.sample_jobs(samples, texts)
         found = self.store.get_many([j.key for j in jobs])
         out: dict[int, dict] = {}
@@ -149,7 +152,7 @@ class Explainer:
         frame.index.name = "sample_id"
         return frame.reset_index()
 
-    def _execute(self, jobs: list[_Job], stage: str, progress: bool) -> RunSummary:
+    def _execute(self, jobs: list[_Job], stage: str, progress: bool, bar_position: int = 0) -> RunSummary:
         # identical prompts (two samples with the same history and candidate) are generated once
         unique: dict[str, _Job] = {}
         for job in jobs:
@@ -165,7 +168,8 @@ class Explainer:
             return summary
         batches = self._batches(pending)
         started = time.perf_counter()
-        bar = tqdm(total=len(pending), desc=stage, unit="gen", disable=not progress, smoothing=0.05)
+        bar = tqdm(total=len(pending), desc=stage, unit="gen", disable=not progress, smoothing=0.05,
+                   position=bar_position)
         for batch in batches:
             groups = self._group(batch)
             try:
@@ -251,7 +255,7 @@ def shard_samples(samples: pd.DataFrame, shard: str) -> pd.DataFrame:
     return samples[samples["sample_id"] % n == i]
 
 
-def _needed_items(samples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+def needed_items(samples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """The items a set of samples mentions: candidates and history items."""
     needed = set(samples["item_id"]) | {i for h in samples["history"] for i in h}
     return items[items["item_id"].isin(needed)]
