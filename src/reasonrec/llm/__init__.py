@@ -19,52 +19,50 @@ from reasonrec.llm.base import Capabilities, Generation, GenerationParams, LLMBa
 __all__ = ["Capabilities", "Generation", "GenerationParams", "LLMBackend", "Prompt", "get_backend", "model_id_of"]
 
 
-def _gguf_path(kind: str, rest: str):
-    """The GGUF file of an embedded-kind spec, or None for other kinds."""
+def _parse(spec: str) -> tuple[str, tuple]:
+    """A backend spec as (kind, arguments): ("gguf", (path,)), ("openai", (model, base_url)) or
+    ("vllm", (model,)); `embedded` and `gemma3` name the GGUFs shipped in wheels."""
+    kind, _, rest = spec.partition(":")
     if kind == "embedded" and not rest:
         from reasonrec.assets import smollm2_gguf
-        return smollm2_gguf()
+        return "gguf", (smollm2_gguf(),)
     if kind == "gemma3" and not rest:  # the optional second embedded size (Gemma terms)
         from reasonrec.assets import gemma3_gguf
-        return gemma3_gguf()
+        return "gguf", (gemma3_gguf(),)
     if kind == "gguf" and rest:
-        return rest
-    return None
-
-
-def _bad_spec(spec: str) -> ReasonrecError:
-    return ReasonrecError(f"LLM backend spec {spec!r}: expected embedded | gemma3 | gguf:/path/file.gguf | "
-                          "openai:MODEL@BASE_URL | vllm:MODEL")
+        return "gguf", (rest,)
+    if kind == "openai" and "@" in rest:
+        model, _, base_url = rest.partition("@")
+        if model and base_url:
+            return "openai", (model, base_url)
+    if kind == "vllm" and rest:
+        return "vllm", (rest,)
+    raise ReasonrecError(f"LLM backend spec {spec!r}: expected embedded | gemma3 | gguf:/path/file.gguf | "
+                         "openai:MODEL@BASE_URL | vllm:MODEL")
 
 
 def get_backend(spec: str = "embedded", **kwargs) -> LLMBackend:
     """Build a backend from a spec string; keyword arguments go to its constructor."""
-    kind, _, rest = spec.partition(":")
-    if (gguf := _gguf_path(kind, rest)) is not None:
+    kind, args = _parse(spec)
+    if kind == "gguf":
         from reasonrec.llm.embedded import EmbeddedBackend
-        return EmbeddedBackend.from_gguf(gguf, **kwargs)
-    if kind == "openai" and "@" in rest:
+        return EmbeddedBackend.from_gguf(*args, **kwargs)
+    if kind == "openai":
         from reasonrec.llm.openai_http import OpenAIHTTPBackend
-        model, _, base_url = rest.partition("@")
-        if model and base_url:
-            return OpenAIHTTPBackend(model, base_url, **kwargs)
-    if kind == "vllm" and rest:
-        from reasonrec.llm.vllm_backend import VLLMBackend
-        return VLLMBackend(rest, **kwargs)
-    raise _bad_spec(spec)
+        return OpenAIHTTPBackend(*args, **kwargs)
+    from reasonrec.llm.vllm_backend import VLLMBackend
+    return VLLMBackend(*args, **kwargs)
 
 
 def model_id_of(spec: str = "embedded", dtype: str = "float32") -> str:
     """The `model_id` that `get_backend(spec)` would have, without loading weights or connecting:
     what reading texts from the store needs (it keys every row)."""
-    kind, _, rest = spec.partition(":")
-    if (gguf := _gguf_path(kind, rest)) is not None:
+    kind, args = _parse(spec)
+    if kind == "gguf":
         from reasonrec.llm.embedded import embedded_model_id
-        return embedded_model_id(gguf, dtype)
-    if kind == "openai" and "@" in rest:
-        model, _, base_url = rest.partition("@")
-        if model and base_url:
-            return f"openai:{model}@{base_url.rstrip('/')}"
-    if kind == "vllm" and rest:
-        return f"vllm:{rest}"
-    raise _bad_spec(spec)
+        return embedded_model_id(*args, dtype)
+    if kind == "openai":
+        from reasonrec.llm.openai_http import openai_model_id
+        return openai_model_id(*args)
+    from reasonrec.llm.vllm_backend import vllm_model_id
+    return vllm_model_id(*args)

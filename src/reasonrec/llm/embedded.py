@@ -84,7 +84,10 @@ def embedded_model_id(gguf: str | Path, dtype: str = "float32") -> str:
     path = Path(gguf)
     if not path.is_file():
         raise ReasonrecError(f"GGUF file not found: {path}")
-    _, meta = converted_copy(path)
+    return _model_id(converted_copy(path)[1], dtype)
+
+
+def _model_id(meta: dict, dtype: str) -> str:
     return f"{meta['source']}:sha256={meta['sha256'][:16]}:{dtype}"
 
 
@@ -167,10 +170,10 @@ class EmbeddedBackend:
         self._cores = CoreMeter()
         if isinstance(threads, int):
             torch.set_num_threads(threads)
-        directory, _ = converted_copy(path)
+        directory, meta = converted_copy(path)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]).eval()
-        self.model_id = embedded_model_id(path, dtype)
+        self.model_id = _model_id(meta, dtype)
         self.batch_size = batch_size
         self.engine = CascadeEngine(self.model, batch_size=batch_size, prefill_tokens=prefill_tokens)
         gen_eos = self.model.generation_config.eos_token_id

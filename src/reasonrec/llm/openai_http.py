@@ -42,6 +42,10 @@ class _Retryable(Exception):
     """A failure worth retrying (connection, timeout, 429, 5xx)."""
 
 
+def openai_model_id(model: str, base_url: str) -> str:
+    return f"openai:{model}@{base_url.rstrip('/')}"
+
+
 class OpenAIHTTPBackend:
     """base_url: up to and including /v1, e.g. http://127.0.0.1:8000/v1.
 
@@ -66,7 +70,7 @@ class OpenAIHTTPBackend:
             completion_template = TEMPLATES[completion_template]
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self.model_id = model_id or f"openai:{model}@{self.base_url}"
+        self.model_id = model_id or openai_model_id(model, base_url)
         self.render = completion_template
         self.concurrency, self.retries = concurrency, retries
         self.backoff, self.max_backoff = backoff, max_backoff

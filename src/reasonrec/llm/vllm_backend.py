@@ -13,6 +13,10 @@ from reasonrec.llm.base import Capabilities, Generation, GenerationParams, Promp
 SENTENCE_STOPS = [". ", ".\n", "! ", "!\n", "? ", "?\n"]
 
 
+def vllm_model_id(model: str) -> str:
+    return f"vllm:{model}"
+
+
 class VLLMBackend:
     """model: a Hugging Face id or local directory. Extra keyword arguments go to `vllm.LLM`
     (e.g. gpu_memory_utilization, max_model_len, dtype, tensor_parallel_size)."""
@@ -29,7 +33,7 @@ class VLLMBackend:
         llm_kwargs.setdefault("enable_prefix_caching", True)
         self.llm = vllm.LLM(model=model, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self.model_id = f"vllm:{model}"
+        self.model_id = vllm_model_id(model)
 
     def encode(self, prompt: Prompt) -> list[int]:
         messages = [{"role": r, "content": c} for r, c in prompt.messages]
