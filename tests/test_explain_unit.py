@@ -208,6 +208,26 @@ def test_bad_generations_are_marked_not_crashing(tiny, tmp_path):
     assert table["negative"].isna().all() and table["positive"].notna().all()
 
 
+def test_a_few_failed_texts_are_tolerated_up_to_max_missing(tiny, tmp_path, monkeypatch):
+    import reasonrec.pipeline as pipeline
+
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    first = {}   # the first negative prompt seen fails clean-up, every other text is usable
+
+    def reply(p):
+        if "did not" in p.prefix and not first:
+            first["prompt"] = p
+        return " of the." if first.get("prompt") is p else " it is a fine film."
+    ex = Explainer(FakeLLM(reply=reply), store, load_templates("movie"), ExplainConfig(profiles=False))
+    assert ex.run(tiny.samples, tiny.items, progress=False)[0].failed == 1
+    monkeypatch.setattr(pipeline, "store_reader", lambda *a, **k: ex)
+    n = len(tiny.samples)
+    with pytest.raises(ReasonrecError, match=f"1 of {n} samples"):
+        pipeline.load_explanations(tiny, profiles=False, max_missing=0.5 / n)
+    table, info = pipeline.load_explanations(tiny, profiles=False, max_missing=1.5 / n)
+    assert info["coverage"] == round(1 - 1 / n, 4) and int(table["negative"].isna().sum()) == 1
+
+
 def test_shards_split_the_samples_exactly(tiny):
     parts = [shard_samples(tiny.samples, f"{i}/3") for i in range(3)]
     ids = sorted(i for p in parts for i in p["sample_id"])

@@ -178,6 +178,8 @@ def train(
     epochs: Optional[int] = typer.Option(None), patience: Optional[int] = typer.Option(None),
     embed_dim: Optional[int] = typer.Option(None),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    max_missing: float = typer.Option(0.01, help="tolerated share of samples without texts (failed clean-up or "
+                                                 "not generated); their texts are read as empty"),
     out: Optional[Path] = typer.Option(None, help="save the bundle(s) here [default: artifacts/models/<model>]"),
     progress: bool = typer.Option(True),
 ):
@@ -199,9 +201,9 @@ def train(
         cfg.embed_dim = embed_dim
     table = None
     if cfg.explanations == "text":
-        table, info = load_explanations(data, llm, variant, profiles, store)
+        table, info = load_explanations(data, llm, variant, profiles, store, max_missing)
         cfg.text_columns, cfg.strip_prefixes = info["text_columns"], info["strip_prefixes"]
-        typer.echo(f"explanations: {variant} from {info['model_id']}, coverage {info['coverage']:.1%}")
+        typer.echo(f"explanations: {variant} from {info['model_id']}, coverage {info['coverage']:.2%}")
     frame = run_seeds(data, cfg, _parse_seeds(seeds), table, out or Path("artifacts") / "models" / model, progress)
     metrics = ["test_auc", "test_logloss"] if task == "classification" else ["test_rmse", "test_mae", "test_rmse_norm", "test_mae_norm"]
     typer.echo(frame[["seed", *metrics, "best_epoch", "seconds_per_epoch"]].to_string(index=False))
