@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from reasonrec.errors import ReasonrecError
+from reasonrec.explain import MAX_MISSING
 
 app = typer.Typer(help="LLM-reasoning-powered, explainable CTR and rating prediction.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -178,7 +179,7 @@ def train(
     epochs: Optional[int] = typer.Option(None), patience: Optional[int] = typer.Option(None),
     embed_dim: Optional[int] = typer.Option(None),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
-    max_missing: float = typer.Option(0.01, help="tolerated share of samples without texts (failed clean-up or "
+    max_missing: float = typer.Option(MAX_MISSING, help="tolerated share of samples without texts (failed clean-up or "
                                                  "not generated); their texts are read as empty"),
     out: Optional[Path] = typer.Option(None, help="save the bundle(s) here [default: artifacts/models/<model>]"),
     progress: bool = typer.Option(True),
@@ -436,10 +437,9 @@ def insights(
         raise ReasonrecError(f"item '{item}' has no samples in {dataset}")
     explainer = store_reader(data, llm, variant, profiles, store)
     table = explainer.lookup(data.samples, data.items)
-    tasks = explainer.templates.variant_tasks(variant)
-    prefixes = sorted({explainer.templates.tasks[t].prefix for t in tasks}, key=len, reverse=True)
     profile = profiles_of(explainer, data.items, [item]) if profiles else None
-    found = insights_for(data.samples, data.items, table, [item], top, strip_prefixes=prefixes, profiles=profile)
+    found = insights_for(data.samples, data.items, table, [item], top,
+                         strip_prefixes=explainer.templates.strip_prefixes(variant), profiles=profile)
     if not found[0]["explained"]:
         raise ReasonrecError(f"no '{variant}' explanations of item {item} from {explainer.model_id} in {store}; "
                              f"generate them with `reasonrec explain --dataset {dataset} --llm {llm} --variant {variant}"

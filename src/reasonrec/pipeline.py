@@ -15,6 +15,7 @@ import pandas as pd
 
 from reasonrec.data.prepare import Prepared
 from reasonrec.errors import ReasonrecError
+from reasonrec.explain import MAX_MISSING
 
 DEFAULT_STORE = Path("artifacts/store/explanations.sqlite")
 
@@ -40,13 +41,11 @@ def store_reader(data: Prepared, llm: str = "embedded", variant: str = "contrast
 
 
 def load_explanations(data: Prepared, llm: str = "embedded", variant: str = "contrastive", profiles: bool = True,
-                      store: str | Path = DEFAULT_STORE, max_missing: float = 0.01) -> tuple[pd.DataFrame, dict]:
+                      store: str | Path = DEFAULT_STORE, max_missing: float = MAX_MISSING) -> tuple[pd.DataFrame, dict]:
     """The variant's texts for every sample, plus what the recommender needs to read them.
 
     Returns (table with sample_id + one column per task, {"text_columns", "strip_prefixes",
-    "coverage"}). Raises when more than `max_missing` of the samples lack a text; a greedy decoder
-    fails the same prompt the same way every time, so a few failed texts are tolerated (read as
-    empty) rather than blocking a slice."""
+    "coverage"}). Raises when more than `max_missing` of the samples lack a text (see MAX_MISSING)."""
     explainer = store_reader(data, llm, variant, profiles, store)
     tasks = explainer.templates.variant_tasks(variant)
     table = explainer.lookup(data.samples, data.items)
@@ -59,7 +58,7 @@ def load_explanations(data: Prepared, llm: str = "embedded", variant: str = "con
             f"`reasonrec explain --variant {variant}{'' if profiles else ' --no-profiles'}` (or import the "
             f"committed cache with `reasonrec cache import`)")
     info = {"text_columns": tuple(tasks),
-            "strip_prefixes": tuple(sorted({explainer.templates.tasks[t].prefix for t in tasks}, key=len, reverse=True)),
+            "strip_prefixes": explainer.templates.strip_prefixes(variant),
             "coverage": round(1.0 - float(missing), 4), "model_id": explainer.model_id}
     return table, info
 

@@ -253,7 +253,7 @@ class AlignRun:
         if with_text:
             tasks = self.templates.variant_tasks(self.cfg.variant)
             cfg.text_columns = tuple(tasks)
-            cfg.strip_prefixes = tuple(sorted({self.templates.tasks[t].prefix for t in tasks}, key=len, reverse=True))
+            cfg.strip_prefixes = self.templates.strip_prefixes(self.cfg.variant)
         return cfg
 
     def ctr_model(self, r: int):

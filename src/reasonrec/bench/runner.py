@@ -272,7 +272,7 @@ class BenchRunner:
         digest = hashlib.sha256(model_id.encode())
         digest.update(pd.util.hash_pandas_object(table.fillna("\x00"), index=False).to_numpy().tobytes())
         info = {"text_columns": tuple(tasks),
-                "strip_prefixes": tuple(sorted({templates.tasks[t].prefix for t in tasks}, key=len, reverse=True)),
+                "strip_prefixes": templates.strip_prefixes(exp.variant),
                 "coverage": round(1.0 - missing, 4), "model_id": model_id, "fingerprint": digest.hexdigest()[:16],
                 "explainer": explainer}
         return Explanations(table, info)

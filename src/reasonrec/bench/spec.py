@@ -52,6 +52,7 @@ from pathlib import Path
 import yaml
 
 from reasonrec.errors import ReasonrecError
+from reasonrec.explain import MAX_MISSING
 
 TASKS = ("classification", "regression")
 KINDS = ("train", "llm_direct")
@@ -171,7 +172,7 @@ class Spec:
     tasks: list = field(default_factory=lambda: list(TASKS))
     subslice_users: int = 150
     subslice_seed: int = 0
-    max_missing: float = 0.01
+    max_missing: float = MAX_MISSING
     train: dict = field(default_factory=dict)
     tune: dict | None = None                            # default grid of the trained experiments
     results_root: Path = Path("benchmarks/results")
@@ -257,7 +258,7 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
                 seeds=[int(s) for s in raw.get("seeds", [0, 1, 2, 3, 4])],
                 tasks=list(raw.get("tasks", list(TASKS))),
                 subslice_users=int(sub.get("users", 150)), subslice_seed=int(sub.get("seed", 0)),
-                max_missing=float(raw.get("max_missing", 0.01)), train=dict(raw.get("train") or {}),
+                max_missing=float(raw.get("max_missing", MAX_MISSING)), train=dict(raw.get("train") or {}),
                 results_root=Path(raw.get("results", "benchmarks/results")),
                 report_root=Path(raw.get("report", "benchmarks")))
     _check_tasks(spec.tasks, where)

@@ -52,6 +52,11 @@ class TemplateSet:
                                  f"choose one of {sorted(self.variants)}")
         return list(self.variants[variant])
 
+    def strip_prefixes(self, variant: str) -> tuple[str, ...]:
+        """The forced prefixes of the variant's texts, longest first (so a prefix that begins
+        another is tried after it), for readers that embed texts without them."""
+        return tuple(sorted({self.tasks[t].prefix for t in self.variant_tasks(variant)}, key=len, reverse=True))
+
     # --- rendering ---------------------------------------------------------------------
 
     @staticmethod
