@@ -295,7 +295,9 @@ def test_spec_validation(tmp_path):
         _spec(tmp_path, experiments=[{"id": "x", "train_fraction": 1.5}])
     spec = _spec(tmp_path, experiments=[{"id": "z", "model": "din"}, {"id": "s", "users": "subslice"}])
     z, s = spec.experiments
-    assert z.explanations == "none" and z.side_features is True and z.tasks == ["classification", "regression"]
+    assert z.explanations == "none" and z.tasks == ["classification", "regression"]
+    # every model gets the same inputs by default: LR-Recsys reads the side features too
+    assert z.config("classification").side_features and s.config("classification").side_features
     assert s.explanations == "text" and s.users == 30 and s.train["epochs"] == 3
 
 
@@ -308,8 +310,8 @@ TUNED = [{"id": "ncf", "label": "NCF", "tag": "baseline", "model": "ncf", "expla
 
 
 def _tuned_spec(tmp: Path, **overrides):
-    return _spec(tmp, **{"name": "tune", "seeds": [0, 1], "tasks": ["classification"], "tune": TUNE,
-                         "experiments": TUNED, **overrides})
+    return _spec(tmp, **{"name": "tune", "seeds": [0, 1, 2], "tune_seeds": 2, "tasks": ["classification"],
+                         "tune": TUNE, "experiments": TUNED, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -329,31 +331,42 @@ def _grid_of(grid: pd.DataFrame, exp_id: str) -> pd.DataFrame:
 def test_choose_point_reads_validation_metrics_only():
     cls = [{"valid_auc": 0.70, "test_auc": 0.95}, {"valid_auc": 0.75, "test_auc": 0.55},
            {"valid_auc": 0.75, "test_auc": 0.99}]
-    assert choose_point("classification", cls)[0] == 1          # best valid AUC; the tie goes to the first
-    reg = [{"valid_rmse": 1.0, "test_rmse": 0.5}, {"valid_rmse": 0.9, "test_rmse": 2.0}]
+    one = [[m] for m in cls]                                     # one seed per point
+    assert choose_point("classification", one)[0] == 1          # best valid AUC; the tie goes to the first
+    reg = [[{"valid_rmse": 1.0, "test_rmse": 0.5}], [{"valid_rmse": 0.9, "test_rmse": 2.0}]]
     assert choose_point("regression", reg)[0] == 1               # lowest valid RMSE
-    assert choose_point("classification", [{"valid_auc": float("nan")}, cls[0]])[0] == 1
-    best, note = choose_point("classification", [cls[0], None])  # an unfinished grid: no choice yet
+    assert choose_point("classification", [[{"valid_auc": float("nan")}], [cls[0]]])[0] == 1
+    best, note = choose_point("classification", [[cls[0]], [None]])  # an unfinished grid: no choice yet
     assert best is None and "1 of 2" in note
+    # the mean over seeds decides: one lucky seed (0.90) does not beat a point better on average
+    lucky = [[{"valid_auc": 0.90}, {"valid_auc": 0.60}, {"valid_auc": 0.60}],
+             [{"valid_auc": 0.72}, {"valid_auc": 0.71}, {"valid_auc": 0.73}]]
+    best, note = choose_point("classification", lucky)
+    assert best == 1 and "3 seeds" in note
 
 
 def test_tuning_chooses_the_best_validation_point(tuned):
     spec, grid, results = tuned["spec"], tuned["grid"], tuned["results"]
     assert tuned["counts"]["failed"] == 0 and tuned["counts"]["skipped"] == 0, tuned["log"]
-    assert tuned["counts"]["ran"] == 2 * (4 + 1), tuned["log"]   # per experiment: 4 grid points, then seed 1 at the winner
+    # per experiment: 4 grid points x 2 tuning seeds, then seed 2 at the winner
+    assert tuned["counts"]["ran"] == 2 * (4 * 2 + 1), tuned["log"]
     for exp in spec.experiments:
         g = _grid_of(grid, exp.id)
-        assert g["tuned"].map(json.loads).tolist() == exp.grid() and (g["seed"] == 0).all()
+        for seed in (0, 1):
+            assert g[g["seed"] == seed]["tuned"].map(json.loads).tolist() == exp.grid()
+        assert set(g["seed"]) == {0, 1}
         assert g["valid_auc"].nunique() > 1                           # the choice is not a coin toss
-        expected = g["tuned"].iloc[int(np.argmax(g["valid_auc"].to_numpy()))]   # first maximum
-        assert g.loc[g["chosen"], "tuned"].tolist() == [expected]
+        means = g.groupby("grid_index")["valid_auc"].mean()
+        expected = g[g["grid_index"] == int(means.idxmax())]["tuned"].iloc[0]     # first maximum of the mean
+        assert set(g.loc[g["chosen"], "tuned"]) == {expected} and g["chosen"].sum() == 2
         final = results[results["id"] == exp.id]
-        assert final["seed"].tolist() == [0, 1] and (final["tuned"] == expected).all()
+        assert final["seed"].tolist() == [0, 1, 2] and (final["tuned"] == expected).all()
         point = json.loads(expected)
         assert (final["lr"] == point["lr"]).all() and (final["embed_dim"] == point["embed_dim"]).all()
         assert (final["seconds_per_epoch"] > 0).all()
-        # seed 0 of the final runs is the chosen grid run itself, not a second training
-        assert final[final["seed"] == 0]["hash"].iloc[0] == g.loc[g["chosen"], "hash"].iloc[0]
+        # seeds 0 and 1 of the final runs are the chosen grid runs themselves, not second trainings
+        chosen = g[g["chosen"]].set_index("seed")["hash"]
+        assert final.set_index("seed")["hash"].loc[[0, 1]].tolist() == chosen.loc[[0, 1]].tolist()
 
 
 def test_tuning_ignores_test_labels(tuned, bench):
@@ -367,7 +380,7 @@ def test_tuning_ignores_test_labels(tuned, bench):
     samples.to_parquet(flipped / "samples.parquet", index=False)
     spec = _tuned_spec(tmp, dataset={"dir": str(flipped)}, results=str(tmp / "results-flipped"))
     counts = _runner(spec, tmp).run(only=["ncf"], seeds=[0])
-    assert counts["ran"] == 4 and counts["failed"] == 0           # the grid only: seed 0 is the grid seed
+    assert counts["ran"] == 8 and counts["failed"] == 0           # the grid only: seeds 0 and 1 tune
     a = _grid_of(tuned["grid"], "ncf")
     b = _grid_of(pd.read_csv(spec.results_dir / "grid.csv"), "ncf")
     np.testing.assert_allclose(b["valid_auc"], a["valid_auc"])
@@ -383,7 +396,7 @@ def test_tuning_runs_are_cached(tuned, bench, monkeypatch):
 
     monkeypatch.setattr(Recommender, "fit", no_training)
     counts = _runner(tuned["spec"], bench["tmp"]).run()
-    assert counts["ran"] == 0 and counts["cached"] == 10 and counts["failed"] == 0
+    assert counts["ran"] == 0 and counts["cached"] == 18 and counts["failed"] == 0
     pd.testing.assert_frame_equal(pd.read_csv(tuned["spec"].results_dir / "results.csv"), tuned["results"])
 
 
@@ -393,9 +406,9 @@ def test_growing_the_grid_runs_only_the_new_points(tuned, bench):
     wider = _tuned_spec(tmp, tune={**TUNE, "embed_dim": [4, 16, 32]}, results=str(tmp / "results-wider"))
     counts = _runner(wider, tmp).run(only=["ncf"])
     grid = _grid_of(pd.read_csv(wider.results_dir / "grid.csv"), "ncf")
-    moved = grid.loc[grid["chosen"], "embed_dim"].iloc[0] == 32   # a new point won: seed 1 runs there
-    assert counts["cached"] == 4 + (0 if moved else 1) and counts["ran"] == 2 + (1 if moved else 0)
-    assert len(grid) == 6
+    moved = grid.loc[grid["chosen"], "embed_dim"].iloc[0] == 32   # a new point won: seed 2 runs there
+    assert counts["cached"] == 8 + (0 if moved else 1) and counts["ran"] == 4 + (1 if moved else 0)
+    assert len(grid) == 12
 
 
 def test_plan_counts_tuning_runs(tuned, bench, tmp_path):
@@ -405,14 +418,15 @@ def test_plan_counts_tuning_runs(tuned, bench, tmp_path):
 
     raw = yaml.safe_load(SMOKE.read_text())
     spec = tuned["spec"]
-    raw.update({"name": "tune", "seeds": [0, 1, 2], "tasks": ["classification"], "tune": TUNE, "experiments": TUNED,
+    raw.update({"name": "tune", "seeds": [0, 1, 2], "tune_seeds": 2, "tasks": ["classification"], "tune": TUNE,
+                "experiments": TUNED,
                 "dataset": {"dir": str(spec.dataset_dir)}, "store": str(spec.store),
                 "model_ids": {"embedded": "fake:embedded"}})     # no backend is built for the store key
     f = tmp_path / "tune.yaml"
     f.write_text(yaml.safe_dump(raw))
     out = CliRunner().invoke(app, ["bench", "plan", str(f)])
     assert out.exit_code == 0, out.output
-    assert "12 runs over 2 experiments: 8 tuning runs" in out.output      # 2 x (4 + 2 more seeds)
+    assert "18 runs over 2 experiments: 16 tuning runs" in out.output     # 2 x (4 x 2 + 1 more seed)
 
 
 def test_report_shows_explanations_and_chosen_points(tuned):
@@ -423,7 +437,7 @@ def test_report_shows_explanations_and_chosen_points(tuned):
     chosen = {e: json.loads(tuned["results"][tuned["results"]["id"] == e]["tuned"].iloc[0]) for e in ("ncf", "ncf-text")}
     assert f"lr {chosen['ncf']['lr']:g}, embed_dim {chosen['ncf']['embed_dim']}" in row and "(tuned)" in row
     assert "| text (autoencoder) |" in row and "Δ AUC" in table and "LogLoss ↓ with" in table
-    assert "**Tuning**" in text and "8 grid runs" in text
+    assert "**Tuning**" in text and "16 grid runs" in text and "first 2 seeds" in text
 
 
 def test_spec_tune_validation(tmp_path):

@@ -105,7 +105,9 @@ def test_free_vectors_take_the_explanation_slots(name, featurizer, batch):
 @pytest.mark.parametrize("name", ZOO)
 def test_recommender_fits_with_text_explanations(name, small):
     expl = synthetic_explanations(small.samples)
-    rec = Recommender(model=name, explanations="text", epochs=2, encoder_options={"epochs": 2, "min_count": 1})
+    # enough optimiser steps on this small slice to read a label-revealing text (not the defaults' job)
+    rec = Recommender(model=name, explanations="text", epochs=2, lr=0.01, batch_size=64,
+                      encoder_options={"epochs": 2, "min_count": 1})
     rec.fit(small, expl)
     assert rec.fit_result.epochs_run == 2
     assert rec.evaluate(small, expl)["auc"] > 0.9, "label-revealing explanations must be usable by the model"

@@ -159,55 +159,71 @@ def _parse_seeds(seeds: Optional[str]) -> Optional[list[int]]:
         raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
 
 
+def _parse_sets(pairs: list[str]) -> dict:
+    """--set KEY=VALUE (VALUE read as YAML: 3e-3, [64, 8], true); KEY may be train.lr or lr."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        key, value = (part.strip() for part in pair.split("=", 1))
+        out[key.removeprefix("train.")] = yaml.safe_load(value)
+    return out
+
+
 @app.command("train")
 def train(
     dataset: str = typer.Option("ml-100k-bench", help="prepared dataset directory or name under artifacts/data/"),
     model: str = typer.Option("lr-recsys", help="lr-recsys | ncf | deepfm | dcnv2 | din | gru4rec | sasrec | bert4rec | "
                                                 "fat | apg | optfusion"),
-    task: str = typer.Option("classification", help="classification (rating >= threshold) | regression (the rating)"),
+    preset: Optional[str] = typer.Option(None, help="a named preset of the model (lr-recsys: faithful = the paper's "
+                                                    "exact settings)"),
+    task: Optional[str] = typer.Option(None, help="classification (rating >= threshold) | regression (the rating)"),
     with_explanations: Optional[bool] = typer.Option(None, "--with-explanations/--without-explanations",
                                                      help="feed explanation embeddings [default: on for lr-recsys]"),
     free_vectors: bool = typer.Option(False, help="Ablation 1: free learnable vectors in place of explanations"),
-    encoder: str = typer.Option("autoencoder", help="autoencoder (the paper's) | sentence (MiniLM) | llm (hidden states)"),
+    encoder: Optional[str] = typer.Option(None, help="autoencoder (the paper's) | sentence (MiniLM) | llm (hidden states)"),
     llm: str = typer.Option("embedded", help="whose explanations to read from the store"),
     variant: str = typer.Option("contrastive"),
     profiles: bool = typer.Option(True, help="explanations written with item profiles (the CoT step)"),
-    side_features: Optional[bool] = typer.Option(None, help="use genres/year/age/... [default: off for lr-recsys, "
-                                                            "on for the zoo]"),
+    side_features: Optional[bool] = typer.Option(None, help="use genres/year/age/... [default: reasonrec.config]"),
     seeds: str = typer.Option("0", help="comma-separated seeds; several print mean ± std"),
     lr: Optional[float] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
     epochs: Optional[int] = typer.Option(None), patience: Optional[int] = typer.Option(None),
     embed_dim: Optional[int] = typer.Option(None),
+    monitor: Optional[str] = typer.Option(None, help="early stopping on valid auc | logloss (rmse | mae for regression)"),
+    set_: list[str] = typer.Option([], "--set", help="any config option, KEY=VALUE (e.g. dropout=0.2, "
+                                                    "train.weight_decay=1e-6, mlp=[64,8]); see reasonrec.config"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
     max_missing: float = typer.Option(MAX_MISSING, help="tolerated share of samples without texts (failed clean-up or "
                                                  "not generated); their texts are read as empty"),
     out: Optional[Path] = typer.Option(None, help="save the bundle(s) here [default: artifacts/models/<model>]"),
     progress: bool = typer.Option(True),
 ):
-    """Train a recommender (optionally reading explanations from the store) and report test metrics."""
+    """Train a recommender (optionally reading explanations from the store) and report test metrics.
+    Settings not given come from the model's defaults (reasonrec.config; `--preset` picks a named set)."""
+    from reasonrec.config import resolve
     from reasonrec.data.prepare import load_prepared
-    from reasonrec.estimator import RecommenderConfig
     from reasonrec.pipeline import load_explanations, mean_std, run_seeds
 
     data = load_prepared(_dataset_dir(dataset))
     use_text = (model == "lr-recsys") if with_explanations is None else with_explanations
-    cfg = RecommenderConfig(model=model, task=task, encoder=encoder,
-                            explanations="free" if free_vectors else ("text" if use_text else "none"),
-                            side_features=(model != "lr-recsys") if side_features is None else side_features)
-    cfg.train.task = task
-    for key, value in {"lr": lr, "batch_size": batch_size, "epochs": epochs, "patience": patience}.items():
-        if value is not None:
-            setattr(cfg.train, key, value)
-    if embed_dim is not None:
-        cfg.embed_dim = embed_dim
+    given = {"model": model, "preset": preset, "task": task, "encoder": encoder, "side_features": side_features,
+             "lr": lr, "batch_size": batch_size, "epochs": epochs, "patience": patience, "embed_dim": embed_dim,
+             "monitor": monitor, "explanations": "free" if free_vectors else ("text" if use_text else "none")}
+    cfg = resolve({**{k: v for k, v in given.items() if v is not None}, **_parse_sets(set_)})
     table = None
     if cfg.explanations == "text":
         table, info = load_explanations(data, llm, variant, profiles, store, max_missing)
-        cfg.text_columns, cfg.strip_prefixes = info["text_columns"], info["strip_prefixes"]
+        cfg = cfg.model_copy(update={"text_columns": info["text_columns"], "strip_prefixes": info["strip_prefixes"]})
         typer.echo(f"explanations: {variant} from {info['model_id']}, coverage {info['coverage']:.2%}")
+    typer.echo("config: " + json.dumps(cfg.model_dump(mode="json", exclude={"text_columns", "strip_prefixes"})))
     frame = run_seeds(data, cfg, _parse_seeds(seeds), table, out or Path("artifacts") / "models" / model, progress)
-    metrics = ["test_auc", "test_logloss"] if task == "classification" else ["test_rmse", "test_mae", "test_rmse_norm", "test_mae_norm"]
-    typer.echo(frame[["seed", *metrics, "best_epoch", "seconds_per_epoch"]].to_string(index=False))
+    metrics = ["test_auc", "test_logloss"] if cfg.task == "classification" else \
+        ["test_rmse", "test_mae", "test_rmse_norm", "test_mae_norm"]
+    cols = ["seed", *metrics, "best_epoch", "seconds_per_epoch", "dead_units", "encoder_params"]
+    typer.echo(frame[[c for c in cols if c in frame]].to_string(index=False))
     for name, (mean, std) in mean_std(frame, metrics).items():
         typer.echo(f"{name}: {mean:.4f} ± {std:.4f}")
 
@@ -362,6 +378,35 @@ def bench_run(
         typer.echo(f"report: {build_report(s.results_dir, s.report_dir)}")
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+@bench_app.command("parity")
+def bench_parity(
+    models: str = typer.Option("all", help="comma-separated models, or all (the zoo and LR-Recsys)"),
+    seeds: str = typer.Option("0,1,2"),
+    data: Path = typer.Option(Path("artifacts/data/ml-100k"), help="prepared full ML-100K (made if missing)"),
+    out: Path = typer.Option(Path("benchmarks/parity"), help="results.csv and REPORT.md"),
+    export: Path = typer.Option(Path("artifacts/parity/recbole"), help="RecBole atomic files of the same split"),
+    set_: list[str] = typer.Option([], "--set", help="config overrides for every model, KEY=VALUE"),
+    progress: bool = typer.Option(False),
+):
+    """Every model without explanations at its defaults on full ML-100K, over seeds, plus the split as
+    RecBole atomic files (docs/parity.md runs RecBole on them). Resumable: finished fits are kept."""
+    import pandas as pd
+
+    from reasonrec.bench.parity import export_recbole, render, run_parity
+    from reasonrec.data.prepare import PrepareConfig, load_prepared, prepare
+    from reasonrec.data.readers import read
+    from reasonrec.models.base import MODELS
+
+    if not (data / "samples.parquet").is_file():
+        prepare(read("ml-100k", None), PrepareConfig()).save(data)
+    prepared = load_prepared(data)
+    typer.echo(f"RecBole atomic files: {export_recbole(prepared, export, 'ml-100k-reasonrec')}")
+    names = list(MODELS) if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    frame = run_parity(prepared, names, _parse_seeds(seeds), out, _parse_sets(set_), progress, typer.echo)
+    peers = out / "recbole.csv"
+    typer.echo(f"report: {render(frame, pd.read_csv(peers) if peers.is_file() else None, out)}")
 
 
 @bench_app.command("report")

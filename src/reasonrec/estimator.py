@@ -11,62 +11,37 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from reasonrec.config import RecommenderConfig, nest, resolve, validate
 from reasonrec.data.prepare import Prepared
 from reasonrec.encode import get_encoder, load_encoder, save_encoder
 from reasonrec.errors import ReasonrecError
 from reasonrec.models.base import ModelConfig, build_model
 from reasonrec.train.features import Featurizer, FeatureSpec, TensorData
-from reasonrec.train.trainer import FitResult, TrainConfig, evaluate, fit, predict, seed_everything
+from reasonrec.train.trainer import FitResult, evaluate, fit, predict, seed_everything
 
-BUNDLE_VERSION = 1
-
-
-@dataclass
-class RecommenderConfig:
-    model: str = "lr-recsys"
-    task: str = "classification"
-    explanations: str = "text"            # text | free (Ablation 1) | none
-    encoder: str = "autoencoder"          # autoencoder | sentence | llm
-    text_columns: tuple = ("positive", "negative")
-    strip_prefixes: tuple = ()            # forced answer starts, removed before encoding (constant words)
-    embed_dim: int = 8
-    side_features: bool = False           # LR-Recsys uses ids, history, context and explanations only
-    mlp: tuple = (64, 8)
-    dropout: float = 0.0
-    model_extra: dict = field(default_factory=dict)
-    encoder_options: dict = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "RecommenderConfig":
-        raw = dict(raw)
-        raw["train"] = TrainConfig(**raw.get("train", {}))
-        for key in ("text_columns", "strip_prefixes", "mlp"):
-            if key in raw:
-                raw[key] = tuple(raw[key])
-        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+BUNDLE_VERSION = 2   # 2: the config is the resolved pydantic RecommenderConfig
 
 
 class Recommender:
+    """`Recommender(model="deepfm", lr=3e-3)` resolves the settings through `reasonrec.config`
+    (defaults <- the model's DEFAULTS <- `preset` <- these keywords); `Recommender(config)` takes an
+    already resolved config, with keywords applied on top."""
+
     def __init__(self, config: RecommenderConfig | None = None, **overrides):
-        cfg = config or RecommenderConfig()
-        for key, value in overrides.items():
-            if key in RecommenderConfig.__dataclass_fields__:
-                setattr(cfg, key, value)
-            elif key in TrainConfig.__dataclass_fields__:
-                setattr(cfg.train, key, value)
-            else:
-                raise ReasonrecError(f"unknown option '{key}'")
-        cfg.train.task = cfg.task  # one source of truth for the task
-        if cfg.explanations not in ("text", "free", "none"):
-            raise ReasonrecError(f"explanations must be text, free or none, not '{cfg.explanations}'")
+        if config is None:
+            cfg = resolve(overrides)
+        else:
+            raw = config.model_dump()
+            given = nest(overrides)
+            raw["train"].update(given.pop("train", {}))
+            cfg = validate({**raw, **given})
         self.config = cfg
         self.featurizer: Featurizer | None = None
         self.encoder = None
@@ -135,8 +110,8 @@ class Recommender:
         valid_t = self._tensors(valid, data.items, data.users, explanations)
         seed_everything(cfg.train.seed, cfg.train.threads)  # weights are initialised here: seed first
         self.model = self._build()
-        cfg.train.progress = progress
-        self.fit_result = fit(self.model, train_t, valid_t, cfg.train, scale)
+        self.fit_result = fit(self.model, train_t, valid_t, cfg.train.model_copy(update={"progress": progress}),
+                              cfg.task, scale)
         self._remember(data, explanations)
         return self
 
@@ -147,7 +122,7 @@ class Recommender:
                            expl_mode="free" if cfg.explanations == "free" else "text",
                            expl_slots=len(cfg.text_columns) if cfg.explanations != "none" else 0,
                            side_features=cfg.side_features, mlp=tuple(cfg.mlp), dropout=cfg.dropout,
-                           extra=dict(cfg.model_extra))
+                           extra=dict(cfg.extra))
         return build_model(cfg.model, mcfg)
 
     def _remember(self, data: Prepared, explanations):
@@ -240,7 +215,7 @@ class Recommender:
         self._require_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        cfg = asdict(self.config)
+        cfg = self.config.model_dump(mode="json")
         (path / "bundle.json").write_text(json.dumps({"bundle_version": BUNDLE_VERSION, "config": cfg,
                                                       "domain": self.domain,
                                                       "fit": asdict(self.fit_result) if self.fit_result else None},
@@ -262,7 +237,10 @@ class Recommender:
         if not meta_file.is_file():
             raise ReasonrecError(f"{path}: not a model bundle (no bundle.json)")
         meta = json.loads(meta_file.read_text())
-        rec = cls(RecommenderConfig.from_dict(meta["config"]))
+        if meta.get("bundle_version") != BUNDLE_VERSION:
+            raise ReasonrecError(f"{path}: bundle version {meta.get('bundle_version')}; this reasonrec reads version "
+                                 f"{BUNDLE_VERSION} — train the model again (`reasonrec train ... --out DIR`)")
+        rec = cls(validate(meta["config"]))
         rec.featurizer = Featurizer(FeatureSpec.load(path / "features.json"), rec.config.side_features)
         if (path / "encoder").is_dir():
             rec.encoder = load_encoder(path / "encoder")
@@ -282,8 +260,8 @@ class Recommender:
 
 
 class LRRecsys(Recommender):
-    """LR-Recsys with the paper's defaults: 8-d embeddings, autoencoder-encoded contrastive
-    explanations, MLP [64, 8, 1], Adam lr 0.01, batch 128, up to 100 epochs."""
+    """LR-Recsys: autoencoder-encoded contrastive explanations into the LR-Recsys DNN, with its robust
+    defaults; `LRRecsys(preset="faithful")` is the paper's exact setting (see `models/lr_recsys.py`)."""
 
     def __init__(self, config: RecommenderConfig | None = None, **overrides):
         overrides.setdefault("model", "lr-recsys")

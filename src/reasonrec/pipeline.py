@@ -7,7 +7,6 @@ training and benchmarks never pay for generation (run `reasonrec explain` for wh
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +72,7 @@ def run_seeds(data: Prepared, config, seeds=(0, 1, 2, 3, 4), explanations: pd.Da
     rows, preds = [], {}
     test = data.samples[data.samples["split"] == "test"]
     for seed in seeds:
-        cfg = replace(config, train=replace(config.train, seed=seed))
+        cfg = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
         started = time.perf_counter()
         rec = Recommender(cfg).fit(data, explanations, progress=progress)
         row = {"seed": seed, "model": cfg.model, "task": cfg.task, "explanations": cfg.explanations,
@@ -81,6 +80,8 @@ def run_seeds(data: Prepared, config, seeds=(0, 1, 2, 3, 4), explanations: pd.Da
                **{f"test_{k}": v for k, v in rec.evaluate(data, explanations, "test").items()},
                **{f"valid_{k}": v for k, v in rec.fit_result.best_valid.items()},
                "best_epoch": rec.fit_result.best_epoch, "epochs_run": rec.fit_result.epochs_run,
+               "dead_units": rec.fit_result.dead_units, "constant_output": rec.fit_result.constant_output,
+               "encoder_params": getattr(rec.encoder, "n_params", None),
                "seconds_per_epoch": round(rec.fit_result.seconds_per_epoch, 3),
                "encoder_seconds": round(getattr(rec, "encoder_seconds", 0.0), 2),
                "fit_seconds": round(time.perf_counter() - started, 2)}
@@ -107,7 +108,3 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> dict:
         return {"diff": float(np.mean(a - b)), "t": float("nan"), "p": float("nan")}
     t, p = stats.ttest_rel(a, b)
     return {"diff": float(np.mean(a - b)), "t": float(t), "p": float(p)}
-
-
-def config_dict(config) -> dict:
-    return asdict(config)

@@ -49,8 +49,7 @@ class AlignConfig:
     out: str = "artifacts/align/ml-100k-bench"
     store: str = "artifacts/store/explanations.sqlite"
     bench_dir: str | None = "benchmarks/expctr"     # where `report` writes curves and tables
-    backbone: str = "deepfm"
-    side_features: bool = True
+    backbone: str = "deepfm"                        # its settings: reasonrec.config (the model's defaults)
     encoder: str = "autoencoder"                    # how ExpCTR-Aug encodes explanations
     variant: str = "contrastive"
     profiles: bool = False                          # item profiles in prompts (must match the zero-shot run)
@@ -245,16 +244,14 @@ class AlignRun:
     # -- stage 1: the CTR model ---------------------------------------------------------------
 
     def _rec_config(self, with_text: bool, seed: int = 0):
-        from reasonrec.estimator import RecommenderConfig
+        from reasonrec.config import resolve
 
-        cfg = RecommenderConfig(model=self.cfg.backbone, explanations="text" if with_text else "none",
-                                encoder=self.cfg.encoder, side_features=self.cfg.side_features)
-        cfg.train.seed = seed
+        given = {"model": self.cfg.backbone, "explanations": "text" if with_text else "none",
+                 "encoder": self.cfg.encoder, "seed": seed}
         if with_text:
-            tasks = self.templates.variant_tasks(self.cfg.variant)
-            cfg.text_columns = tuple(tasks)
-            cfg.strip_prefixes = self.templates.strip_prefixes(self.cfg.variant)
-        return cfg
+            given["text_columns"] = tuple(self.templates.variant_tasks(self.cfg.variant))
+            given["strip_prefixes"] = tuple(self.templates.strip_prefixes(self.cfg.variant))
+        return resolve(given)
 
     def ctr_model(self, r: int):
         from reasonrec.estimator import Recommender

@@ -410,9 +410,10 @@ class Report:
         if not grids:
             return []
         n = 0 if self.r.grid is None else len(self.r.grid)
-        return [f"- **Tuning**: per experiment and task, the first seed runs at every point of the grid "
-                f"{' / '.join(sorted(grids))}; the point with the highest validation AUC (classification) or the "
-                f"lowest validation RMSE (regression) is used for every seed (ties: the first point). Test "
+        k = self.r.spec.get("tune_seeds") or "the first"
+        return [f"- **Tuning**: per experiment and task, the first {k} seeds run at every point of the grid "
+                f"{' / '.join(sorted(grids))}; the point with the highest mean validation AUC (classification) or "
+                f"the lowest mean validation RMSE (regression) is used for every seed (ties: the first point). Test "
                 f"metrics never enter the choice. The chosen values are in the appendix (and the with/without "
                 f"explanations table); the {n} grid runs are in `grid.csv`, not in the tables."]
 

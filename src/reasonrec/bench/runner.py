@@ -312,17 +312,18 @@ class BenchRunner:
                 if not exp.tune:
                     runs += [PlannedRun(exp, task, seed) for seed in exp_seeds]
                     continue
-                # grid first; the final seeds' point is chosen when they come up. The grid seed's
-                # run at the chosen point is one of the grid runs, so it is not planned twice.
-                gseed = self.grid_seed(exp)
-                runs += [PlannedRun(exp, task, gseed, point, grid=True) for point in exp.grid()]
-                runs += [PlannedRun(exp, task, seed) for seed in exp_seeds if seed != gseed]
+                # grid first; the final seeds' point is chosen when they come up. The grid seeds'
+                # runs at the chosen point are grid runs, so they are not planned twice.
+                gseeds = self.grid_seeds(exp)
+                runs += [PlannedRun(exp, task, seed, point, grid=True) for point in exp.grid() for seed in gseeds]
+                runs += [PlannedRun(exp, task, seed) for seed in exp_seeds if seed not in gseeds]
         return runs
 
-    def grid_seed(self, exp: Experiment) -> int:
-        """The seed a tuned experiment's grid runs on: the spec's first (never --seeds, so the choice
-        stays a property of the spec, not of an invocation)."""
-        return (exp.seeds or self.spec.seeds)[0]
+    def grid_seeds(self, exp: Experiment) -> list[int]:
+        """The seeds a tuned experiment's grid runs on: the spec's first `tune_seeds` (never --seeds,
+        so the choice stays a property of the spec, not of an invocation). The choice reads their
+        mean validation metric: one seed's luck never picks a point."""
+        return list((exp.seeds or self.spec.seeds)[:self.spec.tune_seeds])
 
     def run_path(self, run: PlannedRun, digest: str) -> Path:
         return self.out / "runs" / run.exp.id / f"{run.label}-{digest}"
@@ -339,9 +340,12 @@ class BenchRunner:
             points = exp.grid()
             metrics = []
             for point in points:
-                run = PlannedRun(exp, task, self.grid_seed(exp), point, grid=True)
-                f = _with(self.run_path(run, self._digest(run, expl)), ".json")
-                metrics.append(json.loads(f.read_text())["metrics"] if f.is_file() else None)
+                per_seed = []
+                for seed in self.grid_seeds(exp):
+                    run = PlannedRun(exp, task, seed, point, grid=True)
+                    f = _with(self.run_path(run, self._digest(run, expl)), ".json")
+                    per_seed.append(json.loads(f.read_text())["metrics"] if f.is_file() else None)
+                metrics.append(per_seed)
             best, note = choose_point(task, metrics)
             if best is None:   # not cached: a later invocation may have finished the grid
                 self.echo(f"skip {exp.id} {task} final seeds: cannot choose a grid point ({note})")
@@ -441,24 +445,15 @@ class BenchRunner:
         return self._train(run, data, expl)
 
     def _train(self, run: PlannedRun, data: Prepared, expl: Explanations | None) -> tuple[dict, dict]:
-        from reasonrec.estimator import Recommender, RecommenderConfig
+        from reasonrec.estimator import Recommender
         from reasonrec.train.metrics import metrics_for
-        from reasonrec.train.trainer import TrainConfig
 
         exp = run.setup
-        train_opts = {**exp.train, "task": run.task, "seed": run.seed}
-        cfg = RecommenderConfig(model=exp.model, task=run.task, explanations=exp.explanations, encoder=exp.encoder,
-                                side_features=exp.side_features, model_extra=dict(exp.model_extra),
-                                encoder_options=dict(exp.encoder_options), train=TrainConfig(**train_opts))
-        if exp.embed_dim is not None:
-            cfg.embed_dim = int(exp.embed_dim)
-        if exp.mlp is not None:
-            cfg.mlp = tuple(exp.mlp)
-        if exp.dropout is not None:
-            cfg.dropout = float(exp.dropout)
+        cfg = exp.config(run.task, run.seed)
         table = None
         if expl is not None:
-            cfg.text_columns, cfg.strip_prefixes = expl.info["text_columns"], expl.info["strip_prefixes"]
+            cfg = cfg.model_copy(update={"text_columns": tuple(expl.info["text_columns"]),
+                                         "strip_prefixes": tuple(expl.info["strip_prefixes"])})
             table = expl.table
         rec = Recommender(cfg)
         encoder, enc_seconds, enc_cached = None, 0.0, False
@@ -610,18 +605,20 @@ class BenchRunner:
             if not exp.tune:
                 rows += [_row(rec, exp, self.spec) for rec, _ in recs]
                 continue
-            gseed = self.grid_seed(exp)
-            at_point = {_canonical(p): rec for rec, p in recs if rec["seed"] == gseed}   # the newest wins
+            gseeds = self.grid_seeds(exp)
+            at_point = {(_canonical(p), rec["seed"]): rec for rec, p in recs if rec["seed"] in gseeds}  # newest wins
             grid = exp.grid()
-            best, _ = choose_point(task, [(at_point.get(_canonical(p)) or {}).get("metrics") for p in grid])
+            best, _ = choose_point(task, [[(at_point.get((_canonical(p), s)) or {}).get("metrics") for s in gseeds]
+                                          for p in grid])
             chosen = None if best is None else grid[best]
             grid_rows += [{**_row(rec, exp, self.spec, p), "grid_index": grid.index(p), "chosen": p == chosen}
-                          for rec, p in recs if rec["seed"] == gseed]
+                          for rec, p in recs if rec["seed"] in gseeds]
             rows += [_row(rec, exp, self.spec, p) for rec, p in recs if chosen is not None and p == chosen]
         self.out.mkdir(parents=True, exist_ok=True)
         frame = self._table(rows, ["id", "task", "seed"])
         frame.to_csv(self.out / "results.csv", index=False)
-        tuning = self._table(grid_rows, ["id", "task", "tuned"], extra=["grid_index", "chosen"], by="grid_index")
+        tuning = self._table(grid_rows, ["id", "task", "tuned", "seed"], extra=["grid_index", "chosen"],
+                             by=["grid_index", "seed"])
         if len(tuning) or (self.out / "grid.csv").is_file():
             tuning.to_csv(self.out / "grid.csv", index=False)
         return frame
@@ -633,7 +630,7 @@ class BenchRunner:
         frame = pd.DataFrame(rows, columns=[*RESULT_COLUMNS, *extra])
         if len(frame):
             frame = (frame.sort_values("finished").drop_duplicates(key, keep="last")
-                     .assign(_o=lambda d: d["id"].map(order)).sort_values(["_o", "task", by])
+                     .assign(_o=lambda d: d["id"].map(order)).sort_values(["_o", "task", *np.atleast_1d(by)])
                      .drop(columns="_o").reset_index(drop=True))
         return frame
 
@@ -800,36 +797,36 @@ def point_slug(point: dict) -> str:
     return "+".join(f"{k}{v}" for k, v in point.items())
 
 
-def choose_point(task: str, metrics: list[dict | None]) -> tuple[int | None, str]:
-    """Index of the grid point whose run has the best *validation* metric (classification: highest
-    AUC; regression: lowest RMSE), and a note. Test metrics are never read: choosing on them would
-    leak the test split into the model. Ties go to the first point in grid order; a missing run
-    (None) means no choice yet, so a late grid run cannot silently change a reported point."""
+def choose_point(task: str, metrics: list[list[dict | None]]) -> tuple[int | None, str]:
+    """Index of the grid point whose runs (one per tuning seed) have the best *mean validation*
+    metric (classification: highest AUC; regression: lowest RMSE), and a note. Test metrics are
+    never read: choosing on them would leak the test split into the model. Ties go to the first
+    point in grid order; a missing run (None) means no choice yet, so a late grid run cannot
+    silently change a reported point; a point with a non-finite seed is never chosen."""
     key, larger = ("valid_auc", True) if task == "classification" else ("valid_rmse", False)
-    missing = sum(m is None for m in metrics)
-    if missing or not metrics:
-        return None, f"{missing} of {len(metrics)} grid runs not finished"
+    flat = [m for runs in metrics for m in runs]
+    missing = sum(m is None for m in flat)
+    if missing or not flat:
+        return None, f"{missing} of {len(flat)} grid runs not finished"
     best, best_v = None, None
-    for i, m in enumerate(metrics):
-        v = m.get(key)
-        if v is None or not np.isfinite(v):
+    for i, runs in enumerate(metrics):
+        values = [m.get(key) for m in runs]
+        if any(v is None or not np.isfinite(v) for v in values):
             continue
+        v = float(np.mean(values))
         if best_v is None or (v > best_v if larger else v < best_v):
             best, best_v = i, float(v)
     if best is None:
         return None, f"no grid run has a finite {key}"
-    return best, f"{key} {best_v:.4f}, best of {len(metrics)} grid points"
+    return best, f"mean {key} {best_v:.4f} over {len(metrics[0])} seeds, best of {len(metrics)} grid points"
 
 
 def _effective(exp: Experiment) -> dict:
     """The lr and embed_dim a run trained with (spec value, else the library default)."""
-    from reasonrec.estimator import RecommenderConfig
-    from reasonrec.train.trainer import TrainConfig
-
     if exp.kind != "train":
         return {"lr": None, "embed_dim": None}
-    return {"lr": float(exp.train.get("lr", TrainConfig.lr)),
-            "embed_dim": int(exp.embed_dim if exp.embed_dim is not None else RecommenderConfig.embed_dim)}
+    cfg = exp.config("classification")
+    return {"lr": cfg.train.lr, "embed_dim": cfg.embed_dim}
 
 
 def _row(rec: dict, exp: Experiment, spec: Spec, point: dict | None = None) -> dict:

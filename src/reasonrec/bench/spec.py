@@ -28,14 +28,18 @@ explanations [text for lr-recsys, none otherwise; text | free | none], encoder [
 variant [contrastive], profiles [true], llm [spec.llm], train_fraction [1.0] with fraction_seed
 [0; an int, or "run" to resample per seed], users [null = all; an int N or "subslice": the first N
 users of a seeded hash ranking, so every experiment naming the same N gets the same users],
-side_features [false for lr-recsys, true otherwise], train {TrainConfig overrides}, embed_dim,
-mlp, dropout, model_extra, encoder_options, seeds [spec.seeds], compare_to [the `ours` experiment
-of the same user slice], tune [spec.tune for trained experiments; null turns it off].
+preset [null; a named preset of the model], side_features, train {TrainConfig overrides}, embed_dim,
+mlp, dropout, extra, encoder_options [all: reasonrec.config's defaults for the model, so every row
+gets the same inputs unless it says otherwise], seeds [spec.seeds], compare_to [the `ours`
+experiment of the same user slice], tune [spec.tune for trained experiments; null turns it off].
+The resolved config (library defaults included) enters each run's hash, so a change of defaults
+reruns what it affects.
 
-Tuning (`tune: {option: [values, ...]}`; options: TUNABLE): per experiment and task, the first seed
-runs at every point of the grid (the product of the lists, the last key varying fastest), the point
-with the best *validation* metric wins (classification: highest AUC; regression: lowest RMSE; ties:
-the first point in grid order) and every seed then runs at that point. Test metrics never enter
+Tuning (`tune: {option: [values, ...]}`; options: TUNABLE): per experiment and task, the first
+`tune_seeds` [3] seeds run at every point of the grid (the product of the lists, the last key
+varying fastest), the point with the best *mean validation* metric over those seeds wins
+(classification: highest AUC; regression: lowest RMSE; ties: the first point in grid order) and
+every other seed then runs at that point. Every experiment gets the same grid, so the same budget. Test metrics never enter
 the choice. Grid runs are ordinary cached runs: a point's values enter the run hash through the
 options they set, so growing a grid reruns only the new points.
 """
@@ -77,11 +81,12 @@ TAGS = {
 }
 # display-only keys: changing them never reruns anything
 DISPLAY_KEYS = ("label", "tag", "compare_to")
-TRAIN_KEYS = ("embed_dim", "mlp", "dropout", "model_extra", "encoder_options")
+# experiment keys that are config overrides (reasonrec.config), passed on only when set
+CONFIG_KEYS = ("preset", "side_features", "embed_dim", "mlp", "dropout", "extra", "encoder_options")
 # what a tune grid may vary -> the type its values are read as (TrainConfig options the harness
 # sets itself, or that do not change the numbers, are left out)
-TUNABLE = {"embed_dim": int, "dropout": float, "lr": float, "weight_decay": float, "batch_size": int,
-           "epochs": int, "patience": int}
+TUNABLE = {"embed_dim": int, "dropout": float, "lr": float, "weight_decay": float, "embed_reg": float,
+           "batch_size": int, "epochs": int, "patience": int}
 
 
 @dataclass
@@ -100,13 +105,14 @@ class Experiment:
     train_fraction: float = 1.0
     fraction_seed: object = 0
     users: object = None
+    preset: object = None
     side_features: object = None
     train: dict = field(default_factory=dict)
     embed_dim: object = None
     mlp: object = None
     dropout: object = None
-    model_extra: dict = field(default_factory=dict)
-    encoder_options: dict = field(default_factory=dict)
+    extra: object = None
+    encoder_options: object = None
     seeds: list = field(default_factory=list)
     compare_to: str = ""
     tune: object = None             # {option: [values]} or None (not tuned)
@@ -138,11 +144,24 @@ class Experiment:
                 exp.train[key] = value
         return exp
 
+    def config(self, task: str, seed: int = 0):
+        """The RecommenderConfig a run of this experiment trains with (reasonrec.config layering)."""
+        from reasonrec.config import resolve
+
+        given = {k: getattr(self, k) for k in CONFIG_KEYS if getattr(self, k) is not None}
+        return resolve({**given, "model": self.model, "task": task, "explanations": self.explanations,
+                        "encoder": self.encoder, "train": {**self.train, "seed": seed}})
+
     def resolved(self) -> dict:
-        """Everything that determines the runs' numbers (display keys left out): the hash input.
-        The grid itself is left out too: a run enters the hash through the point it sets (`at`)."""
+        """Everything that determines the runs' numbers (display keys left out): the hash input,
+        with the library's defaults resolved in. The grid itself is left out too: a run enters the
+        hash through the point it sets (`at`)."""
         out = {k: v for k, v in asdict(self).items()
                if k not in DISPLAY_KEYS + ("id", "seeds", "tasks", "tune")}
+        if self.kind == "train":
+            out["config"] = self.config("classification").model_dump(
+                mode="json", exclude={"task": True, "text_columns": True, "strip_prefixes": True,
+                         "train": {"seed": True, "progress": True, "threads": True}})
         if self.users is None:
             out["subslice_seed"] = None
         if self.kind == "llm_direct":   # nothing is trained: only the text source matters
@@ -175,6 +194,7 @@ class Spec:
     max_missing: float = MAX_MISSING
     train: dict = field(default_factory=dict)
     tune: dict | None = None                            # default grid of the trained experiments
+    tune_seeds: int = 3                                 # a point is chosen on its mean over this many seeds
     results_root: Path = Path("benchmarks/results")
     report_root: Path = Path("benchmarks")
     experiments: list = field(default_factory=list)
@@ -203,7 +223,7 @@ class Spec:
                 "dataset_dir": str(self.dataset_dir), "llm": self.llm, "llm_names": self.llm_names,
                 "seeds": list(self.seeds), "tasks": list(self.tasks), "subslice_users": self.subslice_users,
                 "subslice_seed": self.subslice_seed, "max_missing": self.max_missing, "train": self.train,
-                "tune": self.tune,
+                "tune": self.tune, "tune_seeds": self.tune_seeds,
                 "experiments": [{"id": e.id, "label": e.label, "tag": e.tag, "kind": e.kind, "model": e.model,
                                  "tasks": e.tasks, "explanations": e.explanations, "encoder": e.encoder,
                                  "variant": e.variant, "profiles": e.profiles, "llm": e.llm,
@@ -214,7 +234,7 @@ class Spec:
 
 _TOP_KEYS = {"name", "version", "description", "dataset", "store", "cache", "llm", "llm_names", "model_ids",
              "seeds", "tasks",
-             "subslice", "max_missing", "train", "tune", "results", "report", "experiments", "defaults"}
+             "subslice", "max_missing", "train", "tune", "tune_seeds", "results", "report", "experiments", "defaults"}
 _EXP_KEYS = {f.name for f in fields(Experiment)} - {"subslice_seed"}
 
 
@@ -259,6 +279,7 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
                 tasks=list(raw.get("tasks", list(TASKS))),
                 subslice_users=int(sub.get("users", 150)), subslice_seed=int(sub.get("seed", 0)),
                 max_missing=float(raw.get("max_missing", MAX_MISSING)), train=dict(raw.get("train") or {}),
+                tune_seeds=int(raw.get("tune_seeds", Spec.tune_seeds)),
                 results_root=Path(raw.get("results", "benchmarks/results")),
                 report_root=Path(raw.get("report", "benchmarks")))
     _check_tasks(spec.tasks, where)
@@ -294,12 +315,11 @@ def _check_tasks(tasks, where):
 
 
 def _check_train(train: dict, where: str):
-    from reasonrec.train.trainer import TrainConfig
+    from reasonrec.config import TRAIN_KEYS
 
-    bad = set(train) - set(TrainConfig.__dataclass_fields__) - {"task"}
+    bad = set(train) - TRAIN_KEYS
     if bad:
-        _fail(where, f"train: unknown option(s) {sorted(bad)}; TrainConfig has "
-                     f"{sorted(TrainConfig.__dataclass_fields__)}")
+        _fail(where, f"train: unknown option(s) {sorted(bad)}; TrainConfig has {sorted(TRAIN_KEYS)}")
 
 
 def _check_tune(tune, where: str) -> dict | None:
@@ -391,9 +411,6 @@ def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
         if exp.users < 2:
             _fail(where, "users: at least 2")
     exp.subslice_seed = spec.subslice_seed
-    if exp.side_features is None:
-        exp.side_features = exp.model != "lr-recsys"
-    exp.side_features = bool(exp.side_features)
     if not isinstance(exp.train, dict):
         _fail(where, "train: a mapping of TrainConfig options")
     _check_train(exp.train, where)
@@ -402,6 +419,11 @@ def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
     exp.tune = _check_tune(exp.tune, where)
     if exp.tune and exp.kind != "train":
         _fail(where, "tune: only trained experiments have hyper-parameters to tune")
+    if exp.kind == "train":
+        try:
+            exp.config(exp.tasks[0])
+        except ReasonrecError as err:
+            _fail(where, str(err))
     return exp
 
 

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from reasonrec.config import RecommenderConfig
+
+_DEFAULT = RecommenderConfig()
+
 
 @dataclass
 class ModelConfig:
@@ -23,13 +27,13 @@ class ModelConfig:
     user_fields: list = field(default_factory=list)    # cardinality per categorical user field
     item_fields: list = field(default_factory=list)
     n_categories: int = 1
-    embed_dim: int = 8                                 # LR-Recsys: 8-d everywhere
+    embed_dim: int = _DEFAULT.embed_dim
     expl_dim: int = 0                                  # width of incoming explanation vectors; 0 = none
     expl_mode: str = "text"                            # text | free (Ablation 1: learnable vectors instead)
     expl_slots: int = 2                                # 2 = positive + negative; 1 = one text (variants)
-    side_features: bool = True                         # use user/item side fields where the model can
-    mlp: tuple = (64, 8)
-    dropout: float = 0.0
+    side_features: bool = _DEFAULT.side_features       # use user/item side fields where the model can
+    mlp: tuple = _DEFAULT.mlp
+    dropout: float = _DEFAULT.dropout
     extra: dict = field(default_factory=dict)          # model-specific knobs (heads, layers, ...)
 
     @property
@@ -127,12 +131,16 @@ MODELS: dict[str, str] = {
 }
 
 
-def build_model(name: str, cfg: ModelConfig) -> nn.Module:
+def model_module(name: str):
+    """The module of model `name`: its class, DEFAULTS and PRESETS live there."""
     import importlib
 
     from reasonrec.errors import ReasonrecError
 
     if name not in MODELS:
         raise ReasonrecError(f"unknown model '{name}'; choose one of {sorted(MODELS)}")
-    module, cls = MODELS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return importlib.import_module(MODELS[name].split(":")[0])
+
+
+def build_model(name: str, cfg: ModelConfig) -> nn.Module:
+    return getattr(model_module(name), MODELS[name].split(":")[1])(cfg)

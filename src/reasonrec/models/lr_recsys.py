@@ -10,8 +10,15 @@ Choices the paper leaves open, made here:
 - the history self-attention is single-head scaled dot-product with learned Q, K, V (eq. 6-9) and
   the GRU reads its output (eq. 10-13); padded history slots are masked as keys and are zeros;
 - without explanations (a plain baseline) the input attention runs over the four other tokens;
-- side features (genres, age, ...) are off by default, as in the paper; when on, they join
-  the context MLP.
+- id, context and side-field embeddings come from the zoo's `FieldTokens` (same init as every
+  other model); side features (genres, age, ...), when on, join the context MLP.
+
+Two settings (`reasonrec.config`): the `faithful` preset is the paper's appendix 8.3 exactly (8-d,
+Adam lr 0.01, batch 128, no regularisation, MLP [64, 8, 1], attention output used as is, no side
+features). The default is the robust one: a residual around the input attention (its output is
+added to the tokens, so a badly initialised attention cannot cut an input off), lr 1e-3 with
+larger batches and dropout — at the faithful setting the 8-unit bottleneck dies entirely on some
+seeds (constant output; `FitResult.dead_units` reports the share per fit).
 """
 
 from __future__ import annotations
@@ -21,9 +28,16 @@ import math
 import torch
 from torch import nn
 
-from reasonrec.models.base import ExplanationInput, ModelConfig, SideFields, mlp
+from reasonrec.models.base import ModelConfig, mlp
+from reasonrec.models.fields import FieldTokens
 
-INPUT_NAMES = ["pos", "neg", "user", "item", "seq", "context"]
+# per-model defaults over `reasonrec.config`'s (the robust setting), and the paper's exact one
+DEFAULTS = {"mlp": (64, 8), "extra": {"residual": True}}
+PRESETS = {
+    "faithful": {"embed_dim": 8, "mlp": (64, 8), "dropout": 0.0, "side_features": False,
+                 "extra": {"residual": False},
+                 "train": {"lr": 0.01, "batch_size": 128, "weight_decay": 0.0, "embed_reg": 0.0}},
+}
 
 
 class SelfAttention(nn.Module):
@@ -48,44 +62,39 @@ class LRRecsysNet(nn.Module):
         super().__init__()
         d = cfg.embed_dim
         self.cfg = cfg
-        self.user_emb = nn.Embedding(cfg.n_users, d)
-        self.item_emb = nn.Embedding(cfg.n_items, d, padding_idx=0)
+        self.residual = bool(cfg.extra.get("residual", True))
+        self.fields = FieldTokens(cfg, d, history=False)          # user, item, ctx/side fields, [pos, neg]
+        self.side_idx = self.fields.index("ctx_", "user_feat_", "item_feat_", "genres")
+        self.expl_idx = self.fields.index("pos", "neg")
         self.hist_attn = SelfAttention(d)
         self.gru = nn.GRU(d, d, batch_first=True)
-        self.side = SideFields(cfg, d, include_ctx=True)
-        self.ctx_mlp = mlp(self.side.n_fields * d, (d,), out_dim=None) if self.side.n_fields else None
-        self.expl = ExplanationInput(cfg.expl_dim, d, cfg.expl_mode, cfg.expl_slots) if cfg.uses_explanations else None
-        n_tokens = 3 + (self.ctx_mlp is not None) + (cfg.expl_slots if self.expl is not None else 0)
+        self.ctx_mlp = mlp(len(self.side_idx) * d, (d,), out_dim=None) if self.side_idx else None
+        n_tokens = len(self.expl_idx) + 3 + (self.ctx_mlp is not None)
         self.input_attn = SelfAttention(d)
         self.head = mlp(n_tokens * d, tuple(cfg.mlp), out_dim=1, dropout=cfg.dropout)
-        self.input_names = (INPUT_NAMES[:cfg.expl_slots] if self.expl is not None else []) + \
+        self.input_names = [self.fields.names[i] for i in self.expl_idx] + \
             ["user", "item", "seq"] + (["context"] if self.ctx_mlp is not None else [])
         self.last_attention: torch.Tensor | None = None
-        nn.init.normal_(self.user_emb.weight, std=0.1)
-        nn.init.normal_(self.item_emb.weight, std=0.1)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
 
     def forward(self, batch: dict) -> torch.Tensor:
-        B = batch["user"].shape[0]
-        e_user = self.user_emb(batch["user"])                                  # (B, d)
-        e_item = self.item_emb(batch["item"])                                  # (B, d)
+        f = self.fields(batch)                                                 # (B, F, d)
+        e_user, e_item = f[:, 0], f[:, 1]                                      # (B, d) each
 
-        hist = self.item_emb(batch["hist"])                                    # (B, H, d), oldest first
-        mask = batch["hist"] > 0                                               # (B, H)
+        hist, mask = self.fields.history_seq(batch)                            # (B, H, d), (B, H); oldest first
         h, _ = self.hist_attn(hist, mask)
         h = h * mask.unsqueeze(-1)                                             # padded slots stay empty
         _, last = self.gru(h)                                                  # left padding: last step = newest item
         e_seq = last.squeeze(0)                                                # (B, d)
 
-        tokens = [e_user, e_item, e_seq]
+        tokens = [f[:, self.expl_idx]] if self.expl_idx else []                # (B, 2, d): pos, neg first
+        tokens.append(torch.stack([e_user, e_item, e_seq], dim=1))             # (B, 3, d)
         if self.ctx_mlp is not None:
-            tokens.append(self.ctx_mlp(self.side(batch).flatten(1)))          # (B, d)
-        x = torch.stack(tokens, dim=1)                                         # (B, T, d)
-        if self.expl is not None:
-            x = torch.cat([self.expl(batch, B), x], dim=1)                     # pos, neg first
+            tokens.append(self.ctx_mlp(f[:, self.side_idx].flatten(1)).unsqueeze(1))  # (B, 1, d)
+        x = torch.cat(tokens, dim=1)                                           # (B, T, d)
 
         y, attn = self.input_attn(x)                                           # (B, T, d), (B, T, T)
+        if self.residual:
+            y = x + y
         self.last_attention = attn.detach()
         return self.head(y.flatten(1)).squeeze(-1)                             # (B,) logits
 

@@ -159,7 +159,10 @@ class TensorData:
         return TensorData({k: v[index] for k, v in self.tensors.items()})
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-        order = torch.randperm(self.n, generator=generator) if shuffle else torch.arange(self.n)
+        # one gather per tensor per epoch, then batches are contiguous views (not a gather per batch)
+        tensors = self.tensors
+        if shuffle:
+            order = torch.randperm(self.n, generator=generator)
+            tensors = {k: v[order] for k, v in tensors.items()}
         for start in range(0, self.n, batch_size):
-            idx = order[start:start + batch_size]
-            yield {k: v[idx] for k, v in self.tensors.items()}
+            yield {k: v[start:start + batch_size] for k, v in tensors.items()}

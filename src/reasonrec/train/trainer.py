@@ -1,9 +1,11 @@
 """The fit/evaluate loop shared by every model: Adam, mini-batches, early stopping on validation.
 
-Early stopping and model selection only ever look at the validation split; the test split is
-scored once, by the caller, with the restored best weights. Classification trains on BCE with
-the label; regression on MSE with the rating mapped to [0, 1] through a sigmoid output (so
-predictions stay on the rating scale), reported back on the original scale.
+Early stopping and model selection only ever look at the validation split (the monitored metric:
+AUC or LogLoss, RMSE or MAE); the test split is scored once, by the caller, with the restored best
+weights. Classification trains on BCE with the label, or with `supervision="soft"` against the
+rating scaled to [0, 1] (seed 003's scaled supervision: the targets keep the rating's order
+instead of thresholding it away); regression on MSE with the rating mapped to [0, 1] through a
+sigmoid output, reported back on the original scale. Settings: `reasonrec.config.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -20,22 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from reasonrec.config import TrainConfig
 from reasonrec.train.features import TensorData
 from reasonrec.train.metrics import SELECTION, metrics_for
-
-
-@dataclass
-class TrainConfig:
-    task: str = "classification"     # classification (rating >= threshold) | regression (the rating)
-    lr: float = 0.01                 # LR-Recsys appendix 8.3
-    batch_size: int = 128
-    epochs: int = 100
-    patience: int = 5                # epochs without validation improvement before stopping
-    weight_decay: float = 0.0
-    seed: int = 0
-    threads: int | None = 1          # tiny models: one thread beats two on a small, shared CPU
-    checkpoint_dir: str | None = None  # saves the best weights + state each epoch; resumes from it
-    progress: bool = False
 
 
 @dataclass
@@ -46,6 +35,9 @@ class FitResult:
     seconds: float = 0.0
     seconds_per_epoch: float = 0.0
     history: list = field(default_factory=list)
+    monitor: str = ""
+    dead_units: float | None = None          # share of the head's bottleneck units that never fire (valid)
+    constant_output: bool = False            # every validation prediction the same: a dead model
 
 
 def seed_everything(seed: int, threads: int | None = None):
@@ -56,10 +48,44 @@ def seed_everything(seed: int, threads: int | None = None):
         torch.set_num_threads(threads)
 
 
-def target(batch: dict, task: str, scale: tuple[float, float]) -> torch.Tensor:
-    if task == "classification":
+def target(batch: dict, task: str, scale: tuple[float, float], supervision: str = "label") -> torch.Tensor:
+    if task == "classification" and supervision == "label":
         return batch["label"]
-    return (batch["rating"] - scale[0]) / (scale[1] - scale[0])
+    return ((batch["rating"] - scale[0]) / (scale[1] - scale[0])).clamp(0.0, 1.0)
+
+
+def monitor_of(cfg: TrainConfig, task: str) -> tuple[str, bool]:
+    """The validation metric early stopping watches, and whether larger is better."""
+    if cfg.monitor == "auto":
+        return SELECTION[task]
+    allowed = ("auc", "logloss") if task == "classification" else ("rmse", "mae")
+    if cfg.monitor not in allowed:
+        from reasonrec.errors import ReasonrecError
+
+        raise ReasonrecError(f"monitor '{cfg.monitor}' does not fit task {task}; choose one of {allowed}")
+    return cfg.monitor, cfg.monitor == "auc"
+
+
+def embedding_tables(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+
+
+@torch.no_grad()
+def bottleneck_health(model: nn.Module, data: TensorData) -> tuple[float | None, bool]:
+    """(share of dead units in the last hidden layer of the model's `head` MLP, constant output?).
+    A unit is dead when its ReLU output is 0 for every validation sample: LR-Recsys' 8-unit
+    bottleneck at lr 0.01 loses all of them on some seeds, and the model then predicts a constant."""
+    model.eval()
+    relus = [m for m in getattr(model, "head", nn.Sequential()).modules() if isinstance(m, nn.ReLU)]
+    seen, outs = [], []
+    hook = relus[-1].register_forward_hook(lambda m, i, o: seen.append(o.amax(0))) if relus else None
+    for batch in data.batches(4096):
+        outs.append(model(batch))
+    if hook is not None:
+        hook.remove()
+    out = torch.cat(outs)
+    dead = float((torch.stack(seen).amax(0) <= 0).float().mean()) if seen else None
+    return dead, bool(out.numel() > 1 and float(out.std()) < 1e-6)
 
 
 def loss_fn(task: str):
@@ -96,14 +122,15 @@ def evaluate(model, data: TensorData, task: str, scale=(1.0, 5.0)) -> dict:
     return metrics_for(task, y, pred, scale)
 
 
-def fit(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig,
+def fit(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig, task: str = "classification",
         scale: tuple[float, float] = (1.0, 5.0)) -> FitResult:
     seed_everything(cfg.seed, cfg.threads)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    criterion = loss_fn(cfg.task)
-    metric, larger_is_better = SELECTION[cfg.task]
+    criterion = loss_fn(task)
+    metric, larger_is_better = monitor_of(cfg, task)
+    tables = embedding_tables(model) if cfg.embed_reg else []
     gen = torch.Generator().manual_seed(cfg.seed)
-    result = FitResult()
+    result = FitResult(monitor=metric)
     best_state, best_score, start_epoch, bad_epochs = None, None, 0, 0
 
     ckpt = Path(cfg.checkpoint_dir) / "checkpoint.pt" if cfg.checkpoint_dir else None
@@ -122,12 +149,14 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig
         total, seen = 0.0, 0
         for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
-            loss = criterion(model(batch), target(batch, cfg.task, scale))
-            loss.backward()
-            opt.step()
+            loss = criterion(model(batch), target(batch, task, scale, cfg.supervision))
             total += loss.item() * len(batch["user"])
             seen += len(batch["user"])
-        scores = evaluate(model, valid, cfg.task, scale)
+            if tables:
+                loss = loss + cfg.embed_reg * sum(t.pow(2).sum() for t in tables)
+            loss.backward()
+            opt.step()
+        scores = evaluate(model, valid, task, scale)
         result.history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), **{f"valid_{k}": v for k, v in scores.items()}})
         score = scores[metric]
         improved = best_score is None or (score > best_score if larger_is_better else score < best_score)
@@ -152,6 +181,7 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - started
     result.seconds_per_epoch = result.seconds / max(result.epochs_run - start_epoch, 1)
+    result.dead_units, result.constant_output = bottleneck_health(model, valid)
     return result
 
 

@@ -1,0 +1,120 @@
+"""The one typed configuration of a recommender: model, explanations/encoder and training.
+
+Every default is spelt once. A value resolves in layers, later winning:
+
+    1. the field defaults below (shared by every model);
+    2. the model's own `DEFAULTS`, beside it in `reasonrec/models/<model>.py`;
+    3. a named preset of that model (`PRESETS`, e.g. LR-Recsys `faithful` = the paper's settings);
+    4. what the caller sets (estimator keywords, `reasonrec train` options, a bench experiment).
+
+`resolve(...)` does the layering and returns a validated `RecommenderConfig`; an unknown key is an
+error that names it. A saved bundle stores the resolved config, so a later change of defaults never
+changes what a bundle loads. The estimator, `reasonrec train`, the bench specs, `reasonrec align`
+and the service all go through here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from reasonrec.errors import ReasonrecError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainConfig(_Strict):
+    """The fit loop (`reasonrec.train.trainer.fit`)."""
+
+    lr: float = 1e-3
+    batch_size: int = 1024
+    epochs: int = 100
+    patience: int = 5                       # epochs without validation improvement before stopping
+    monitor: Literal["auto", "auc", "logloss", "rmse", "mae"] = "auto"   # auto: AUC / RMSE by task
+    weight_decay: float = 0.0               # Adam's L2 on every parameter
+    embed_reg: float = 0.0                  # L2 on the embedding rows a batch reads (FuxiCTR's embedding_regularizer)
+    supervision: Literal["label", "soft"] = "label"   # soft: BCE against the rating scaled to [0, 1] (seed 003)
+    seed: int = 0
+    threads: int | None = 1                 # tiny models: one thread beats two on a small, shared CPU
+    checkpoint_dir: str | None = None       # saves the best weights + state each epoch; resumes from it
+    progress: bool = False
+
+
+class RecommenderConfig(_Strict):
+    model: str = "lr-recsys"
+    preset: str | None = None               # a named preset of the model (see its PRESETS)
+    task: Literal["classification", "regression"] = "classification"
+    explanations: Literal["text", "free", "none"] = "text"   # free = Ablation 1 (learnable vectors)
+    encoder: str = "autoencoder"            # autoencoder | sentence | llm
+    text_columns: tuple[str, ...] = ("positive", "negative")
+    strip_prefixes: tuple[str, ...] = ()    # forced answer starts, removed before encoding
+    embed_dim: int = 16
+    side_features: bool = True              # the same inputs for every model compared
+    mlp: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    extra: dict = {}                        # model-specific knobs (heads, layers, ...), read by the model
+    encoder_options: dict = {}
+    train: TrainConfig = TrainConfig()
+
+
+TRAIN_KEYS = frozenset(TrainConfig.model_fields)
+TOP_KEYS = frozenset(RecommenderConfig.model_fields)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = {**out[key], **value} if key == "train" and isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
+def nest(overrides: dict) -> dict:
+    """Flat keyword overrides -> the config's shape: TrainConfig keys (lr, seed, ...) go under
+    `train`; an unknown key is an error naming it."""
+    out: dict = {}
+    for key, value in overrides.items():
+        if key == "train":
+            out["train"] = {**out.get("train", {}), **dict(value or {})}
+        elif key in TOP_KEYS:
+            out[key] = value
+        elif key in TRAIN_KEYS:
+            out.setdefault("train", {})[key] = value
+        else:
+            raise ReasonrecError(f"unknown option '{key}'; options are {sorted(TOP_KEYS | TRAIN_KEYS)}")
+    return out
+
+
+def model_layers(model: str, preset: str | None) -> list[dict]:
+    """The model's DEFAULTS and, if named, its preset (layers 2 and 3)."""
+    from reasonrec.models.base import model_module
+
+    module = model_module(model)
+    layers = [getattr(module, "DEFAULTS", {})]
+    if preset is not None:
+        presets = getattr(module, "PRESETS", {})
+        if preset not in presets:
+            raise ReasonrecError(f"model '{model}' has no preset '{preset}'; it has {sorted(presets) or 'none'}")
+        layers.append(presets[preset])
+    return layers
+
+
+def resolve(overrides: dict | None = None, **kw) -> RecommenderConfig:
+    """Field defaults <- model DEFAULTS <- preset <- `overrides` (flat or nested) -> validated config."""
+    given = nest({**(overrides or {}), **kw})
+    model = given.get("model", RecommenderConfig.model_fields["model"].default)
+    merged: dict = {}
+    for layer in [*model_layers(model, given.get("preset")), given]:
+        merged = _merge(merged, nest(layer))
+    return validate(merged)
+
+
+def validate(raw: dict) -> RecommenderConfig:
+    """A full config (e.g. a bundle's) -> RecommenderConfig, with errors that name the field."""
+    try:
+        return RecommenderConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ReasonrecError(f"invalid recommender config: {problems}") from None
