@@ -43,7 +43,6 @@ def read_yelp(path: Path, *, skip_bad_rows: bool = False, restaurants_only: bool
     kept = {b for b, row in businesses.items() if _is_food(row["categories"])} if restaurants_only else None
 
     sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line"], skip_bad_rows)
-    dropped = {"not a restaurant": 0}
     file = str(reviews)
 
     def parse(rec: dict, line: int) -> dict | None:
@@ -57,14 +56,14 @@ def read_yelp(path: Path, *, skip_bad_rows: bool = False, restaurants_only: bool
             "line": line,
         }
         if kept is not None and row["item_id"] not in kept:
-            dropped["not a restaurant"] += 1
+            sink.drop("not a restaurant", file=file, line=line, field="business_id")
             return None
         return row
 
     for line, rec in iter_json_lines(reviews, sink=sink):
         sink.add(lambda rec=rec, line=line: parse(rec, line))
     inter = interactions_frame(sink, reviews)
-    require_rows(inter, reviews, [sink, biz_sink], dropped)
+    require_rows(inter, reviews, [sink, biz_sink], sink.dropped)
 
     return RawDataset(
         name="yelp",
@@ -80,7 +79,6 @@ def read_yelp(path: Path, *, skip_bad_rows: bool = False, restaurants_only: bool
             "users_source": None,
             "time_source": "date",
             "restaurants_only": restaurants_only,
-            "dropped": dropped,
             **bad_row_meta(sink, biz_sink),
         },
     )
