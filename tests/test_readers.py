@@ -502,7 +502,7 @@ def test_table_csv_with_mapping_items_and_users(tmp_path):
     assert users["feat_age"].dtype == "float64" and users.loc["7", "feat_age"] == 33
     assert pd.isna(users.loc["8", "feat_age"]) and pd.isna(users.loc["8", "feat_city"])
     assert users.loc["7", "feat_city"] == "Oslo"
-    assert ds.meta["time_source"] == "when (s)"
+    assert ds.meta["time_source"] == "when (dates)"
 
 
 def test_table_parquet_label_only_and_epoch_ms(tmp_path):
@@ -515,7 +515,9 @@ def test_table_parquet_label_only_and_epoch_ms(tmp_path):
     assert ds.interactions["rating"].tolist() == [1.0, 0.0, 1.0] == ds.interactions["label"].tolist()
     assert ds.interactions["timestamp"].tolist() == [1_600_000_000, 1_600_000_001, 1_600_000_002]
     assert (ds.label_threshold, ds.rating_scale, ds.meta["rating_from_label"]) == (1.0, (0.0, 1.0), True)
-    assert ds.items.set_index("item_id")["title"].to_dict() == {"a": "Alpha", "b": "Beta"}
+    assert all_train_items(ds).set_index("item_id")["title"].to_dict() == {"a": "Alpha", "b": "Beta"}
+    assert ds.meta["time_source"] == "timestamp (ms)"
+    assert read_table(f).interactions["timestamp"].tolist() == [1_600_000_000, 1_600_000_001, 1_600_000_002]
     ds = read_table(f, time_unit="ms", label_threshold=0.5)
     assert ds.label_threshold == 0.5
 
