@@ -321,3 +321,13 @@ def test_featurizer_vocabularies_of_numeric_ml100k_features():
     spec = Featurizer(side_features=True).fit(train, data.items, data.users).spec
     # the sizes the string-typed tables gave: 71 years + "unknown", 61 ages
     assert len(spec.item_fields["feat_year"]) == 72 and len(spec.user_fields["feat_age"]) == 61
+
+
+def test_item_text_renders_numeric_years_as_the_string_tables_did():
+    from reasonrec.explain.templates import load_templates
+
+    movie = load_templates("movie")
+    base = {"item_id": "1", "title": "Toy Story", "categories": "Comedy", "description": ""}
+    assert movie.describe_item(base | {"feat_year": 1995.0}) == movie.describe_item(base | {"feat_year": "1995"})
+    assert "1995" in movie.describe_item(base | {"feat_year": 1995.0})
+    assert movie.describe_item(base | {"feat_year": float("nan")}) == movie.describe_item(base | {"feat_year": ""})
