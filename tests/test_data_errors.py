@@ -228,17 +228,19 @@ def test_yelp_drops_in_card_and_rejects_numeric_features_and_context(tmp_path):
         business("b3", "Food", stars=None, review_count="n/a")))
     write(tmp_path / "yelp_academic_dataset_review.json", jsonl(
         review("u1", "b1", 5, "2016-03-09 18:44:42"), review("u1", "b2", 1, "2016-03-10 00:00:00"),
-        review("u1", "b3", 4, "2016-03-11 09:00:00"), review("u2", "b1", 2, "2016-03-12 10:00:00")))
+        review("u1", "b3", 4, "2016-03-11 09:00:00"), review("u2", "b1", 2, "2016-03-12 10:00:00"),
+        review("u2", "b9", 5, "2016-03-13 10:00:00")))
     out = prepare(read("yelp", tmp_path))
-    assert out.card["dropped"] == {"not a restaurant": 1}
-    assert out.rejects[["line", "kind", "reason"]].values.tolist() == [[2, "dropped", "not a restaurant"]]
+    assert out.card["dropped"] == {"not a restaurant": 1, "business not in the business file": 1}
+    assert out.rejects[["line", "kind", "reason"]].values.tolist() == [
+        [2, "dropped", "not a restaurant"], [5, "dropped", "business not in the business file"]]
     items = out.items.set_index("item_id")
     assert items["feat_stars"].dtype == "float64" and items["feat_review_count"].dtype == "float64"
     assert items.loc["b1", "feat_review_count"] == 12 and math.isnan(items.loc["b3", "feat_stars"])
     assert out.card["context_columns"] == ["ctx_hour", "ctx_weekday"]
     assert sorted(out.samples["ctx_hour"]) == [9, 10, 18]
     saved = out.save(tmp_path / "out")
-    assert pd.read_csv(saved / "rejects.csv")["reason"].tolist() == ["not a restaurant"]
+    assert pd.read_csv(saved / "rejects.csv")["line"].tolist() == [2, 5]
     assert "not a restaurant: 1" in (saved / "card.md").read_text()
 
 

@@ -246,7 +246,7 @@ def test_yelp_keeps_restaurants_and_joins_names(tmp_path):
     assert ds.interactions["item_id"].tolist() == ["b_thai", "b_cafe"]
     assert ds.interactions["line"].tolist() == [1, 3]
     assert ds.interactions["timestamp"].iloc[0] == utc("2016-03-09 00:44:42")
-    assert ds.meta["dropped"] == {"not a restaurant": 3}
+    assert ds.meta["dropped"] == {"not a restaurant": 2, "business not in the business file": 1}
     thai = ds.items.set_index("item_id").loc["b_thai"]
     assert (thai["title"], thai["categories"], thai["description"]) == \
         ("Thai Orchid", "Thai, Restaurants", "Located in Philadelphia, PA.")

@@ -9,10 +9,12 @@ review_count`.
 
 Choices: domain "restaurant", stars 1-5 with label threshold 4. `restaurants_only=True` keeps
 businesses having the category "Restaurants" or "Food" (whole category names, so "Pet Food Stores"
-does not count); reviews of other or unknown businesses are dropped and counted in
-`meta["dropped"]`. Items: title = name, categories as given, description = "Located in <city>,
-<state>." (the dataset has no free text about a business), features `feat_city`, `feat_state`,
-`feat_stars`, `feat_review_count`. The large user file is not read: users get no features.
+does not count); reviews of other businesses, and of businesses the business file lacks, are
+dropped, counted per reason in `meta["dropped"]` and listed in the rejects. Items: title = name,
+categories as given, description = "Located in <city>, <state>." (the dataset has no free text
+about a business), numeric features `feat_stars`, `feat_review_count` (NaN when absent), text
+features `feat_city`, `feat_state`. Hour/weekday context comes from the review `date` in prepare.
+The large user file is not read: users get no features.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def read_yelp(path: Path, *, skip_bad_rows: bool = False, restaurants_only: bool
             "line": line,
         }
         if kept is not None and row["item_id"] not in kept:
-            sink.drop("not a restaurant", file=file, line=line, field="business_id")
+            reason = "not a restaurant" if row["item_id"] in businesses else "business not in the business file"
+            sink.drop(reason, file=file, line=line, field="business_id")
             return None
         return row
 
