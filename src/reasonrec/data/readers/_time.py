@@ -26,8 +26,6 @@ from reasonrec.errors import DataError
 
 UNITS = ("s", "ms", "us", "ns")
 PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-# Upper magnitude bound of each unit for auto-detection; 1e11 s is the year 5138.
-BANDS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", float("inf")))
 YEARS = (1900, 2100)
 _LO = int(datetime(YEARS[0], 1, 1, tzinfo=timezone.utc).timestamp())
 _HI = int(datetime(YEARS[1], 1, 1, tzinfo=timezone.utc).timestamp())
@@ -35,12 +33,17 @@ _YEAR_LAST = re.compile(r"^\s*\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b")
 
 
 def unit_of(value: float) -> str:
+    """The unit whose band holds `value`: below 1e11 (the year 5138 in s) s, then ms, us, ns."""
     magnitude = abs(value)
-    return next(unit for unit, bound in BANDS if magnitude < bound)
+    return "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
 
 
 class TimeParser:
-    """Parses one column: remembers the auto-detected unit and the line that decided it."""
+    """Parses one column: remembers the auto-detected unit and the line that decided it.
+
+    Called once per row of files with millions of rows, hence the plain-string fast path and the
+    error context built only when there is an error.
+    """
 
     def __init__(self, unit: str = "auto", date_format: str | None = None):
         if unit not in ("auto", *UNITS):
@@ -53,23 +56,33 @@ class TimeParser:
         return self.unit if self.unit != "auto" else (self._detected[0] if self._detected else None)
 
     def __call__(self, value: Any, *, file: str, line: int, field_name: str) -> int:
-        where = {"file": file, "line": line, "field": field_name}
-        if value is None or (isinstance(value, float) and value != value) or \
-                (isinstance(value, str) and not value.strip()):
-            raise DataError("missing timestamp", **where)
-        if isinstance(value, bool):
-            raise DataError(f"cannot parse a timestamp from {value!r}", **where)
+        if type(value) is str:
+            text = value.strip()
+            if text[:1].isdigit() or text[:1] == "-":
+                try:
+                    number = int(text)
+                except ValueError:
+                    number = _float_or_none(text)
+                if number is not None:
+                    return self._epoch(number, value, file, line, field_name)
+            return self._text(text, value, file, line, field_name)
+        if value is None or isinstance(value, bool) or (isinstance(value, float) and value != value):
+            raise DataError("missing timestamp" if value is None or value != value else
+                            f"cannot parse a timestamp from {value!r}", file=file, line=line, field=field_name)
         if isinstance(value, (int, float, np.integer, np.floating)):
-            return self._epoch(float(value), value, where)
+            return self._epoch(value, value, file, line, field_name)
         if isinstance(value, datetime):
             dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            return self._checked(int(dt.timestamp()), value, where)
+            return self._checked(int(dt.timestamp()), value, file, line, field_name)
         if isinstance(value, date):
             return self._checked(int(datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()),
-                                 value, where)
-        text = str(value).strip()
-        if re.fullmatch(r"-?\d+(\.\d+)?", text):
-            return self._epoch(float(text), value, where)
+                                 value, file, line, field_name)
+        return self._text(str(value).strip(), value, file, line, field_name)
+
+    def _text(self, text: str, raw: Any, file: str, line: int, field_name: str) -> int:
+        where = {"file": file, "line": line, "field": field_name}
+        if not text:
+            raise DataError("missing timestamp", **where)
         if self.date_format:
             try:
                 dt = datetime.strptime(text, self.date_format)
@@ -79,28 +92,36 @@ class TimeParser:
         if _YEAR_LAST.match(text):
             raise DataError(f"ambiguous date {text!r}: day/month order unknown; pass a date format such as "
                             "--date-format '%d/%m/%Y' or '%m/%d/%Y'", **where)
-        return self._checked(_parse_text(text, where), value, where)
+        return self._checked(_parse_text(text, where), raw, file, line, field_name)
 
-    def _epoch(self, number: float, raw: Any, where: dict) -> int:
-        if not np.isfinite(number):
-            raise DataError(f"expected a finite timestamp, got {raw!r}", **where)
+    def _epoch(self, number, raw: Any, file: str, line: int, field_name: str) -> int:
+        if number != number or number in (float("inf"), float("-inf")):
+            raise DataError(f"expected a finite timestamp, got {raw!r}", file=file, line=line, field=field_name)
         unit = self.unit
         if unit == "auto":
             seen = unit_of(number)
             if self._detected is None:
-                self._detected = (seen, where["line"])
+                self._detected = (seen, line)
             elif seen != self._detected[0]:
                 first_unit, first_line = self._detected
                 raise DataError(f"epoch {raw!r} looks like {seen}, but line {first_line} made this column "
-                                f"{first_unit}; pass --time-unit to say which", **where)
-            unit = self._detected[0]
-        return self._checked(int(number // PER_SECOND[unit]), raw, where, unit)
+                                f"{first_unit}; pass --time-unit to say which", file=file, line=line, field=field_name)
+            unit = seen
+        return self._checked(int(number // PER_SECOND[unit]), raw, file, line, field_name, unit)
 
-    def _checked(self, seconds: int, raw: Any, where: dict, unit: str | None = None) -> int:
+    def _checked(self, seconds: int, raw: Any, file: str, line: int, field_name: str, unit: str | None = None) -> int:
         if not _LO <= seconds < _HI:
             hint = f" read as epoch {unit}; pass the right --time-unit" if unit else ""
-            raise DataError(f"timestamp {raw!r} is outside {YEARS[0]}..{YEARS[1]}{hint}", **where)
+            raise DataError(f"timestamp {raw!r} is outside {YEARS[0]}..{YEARS[1]}{hint}", file=file, line=line,
+                            field=field_name)
         return seconds
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _parse_text(text: str, where: dict) -> int:
