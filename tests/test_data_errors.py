@@ -333,3 +333,18 @@ def test_item_text_renders_numeric_years_as_the_string_tables_did():
     assert movie.describe_item(base | {"feat_year": 1995.0}) == movie.describe_item(base | {"feat_year": "1995"})
     assert "1995" in movie.describe_item(base | {"feat_year": 1995.0})
     assert movie.describe_item(base | {"feat_year": float("nan")}) == movie.describe_item(base | {"feat_year": ""})
+
+
+def test_json_lines_share_the_decoding_policy_and_list_skipped_lines(tmp_path):
+    biz = jsonl(business("b1", "Restaurants")).encode() + \
+        b'{"business_id": "b2", "name": "Caf\xe9 Noir", "categories": "Food", "city": "Lyon", "state": "FR"}\n'
+    write(tmp_path / "yelp_academic_dataset_business.json", biz)
+    write(tmp_path / "yelp_academic_dataset_review.json", jsonl(review("u1", "b1", 5, "2016-03-09 18:44:42"))
+          + '{"user_id": "u1", "business_id": \n' + jsonl(review("u1", "b2", 4, "2016-03-10 10:00:00")))
+    err = raises(read, "yelp", tmp_path)
+    assert where(err) == ("yelp_academic_dataset_review.json", 2, None) and "malformed JSON" in str(err)
+    out = prepare(read("yelp", tmp_path, skip_bad_rows=True))
+    assert out.items.set_index("item_id").loc["b2", "title"] == "Café Noir"
+    assert out.card["decoded_with_fallback"] == {str(tmp_path / "yelp_academic_dataset_business.json"): 1}
+    assert out.rejects[["line", "kind"]].values.tolist() == [[2, "bad row"]]
+    assert out.card["dropped"] == {"bad row (skipped)": 1}
