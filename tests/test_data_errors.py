@@ -348,3 +348,27 @@ def test_json_lines_share_the_decoding_policy_and_list_skipped_lines(tmp_path):
     assert out.card["decoded_with_fallback"] == {str(tmp_path / "yelp_academic_dataset_business.json"): 1}
     assert out.rejects[["line", "kind"]].values.tolist() == [[2, "bad row"]]
     assert out.card["dropped"] == {"bad row (skipped)": 1}
+
+
+# --- the vectorised ratings.csv path agrees with the line path ----------------------------------------
+
+def test_fast_ratings_csv_matches_the_line_path(tmp_path):
+    from reasonrec.data.readers._fast import read_ratings_csv
+    from reasonrec.data.readers.movielens import CSV_COLUMNS, CSV_SCALE, FIELDS, _read_ratings_lines
+    from reasonrec.data.schema import RowSink
+
+    body = "".join(f"{u},{i},{(u * i) % 10 / 2 + 0.5},{964982703 + u * 100 + i}\n" for u in range(1, 30)
+                   for i in range(1, 8))
+    f = write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n" + body)
+    columns = dict(zip(FIELDS, CSV_COLUMNS))
+    fast = read_ratings_csv(f, columns, CSV_SCALE)
+    slow = _read_ratings_lines(f, RowSink(["user_id", "item_id", "rating", "timestamp", "line"]))
+    assert fast is not None
+    pd.testing.assert_frame_equal(fast, slow)
+    for doubtful in ("userId,movieId,rating,timestamp\n1,1,4,964982703\n\n2,1,4,964982704\n",  # blank line
+                     "userId,movieId,rating,timestamp\n1,1,4,964982703\n2,1,4.0,964982704.5\n",  # float time
+                     "userId,movieId,rating,timestamp\n1,1,4,964982703\n 2,1,4,964982704\n",  # padded id
+                     b"userId,movieId,rating,timestamp\n1\xe9,1,4,964982703\n"):  # not UTF-8
+        assert read_ratings_csv(write(tmp_path / "d.csv", doubtful), columns, CSV_SCALE) is None
+    d = ml_latest(tmp_path / "blank", "userId,movieId,rating,timestamp\n1,1,4,964982703\n\n2,1,60,964982704\n")
+    assert where(raises(read, "movielens", d)) == ("ratings.csv", 4, "rating")  # line numbers of the file

@@ -27,6 +27,7 @@ from reasonrec.data.readers._io import (
     CsvRows, bad_row_meta, decoded_lines, interactions_frame, items_frame, optional_float, rating, require_rows,
     users_frame,
 )
+from reasonrec.data.readers._fast import read_ratings_csv
 from reasonrec.data.readers._time import TimeParser
 from reasonrec.data.schema import RawDataset, RowSink
 from reasonrec.errors import DataError
@@ -43,6 +44,8 @@ _YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
 
 
 FIELDS = ("user_id", "item_id", "rating", "timestamp")
+CSV_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+CSV_SCALE = (0.5, 5.0)  # half stars
 ITEM_FEATURES = ["feat_year"]
 
 
@@ -226,20 +229,9 @@ def _read_ml1m(path: Path, skip_bad_rows: bool) -> RawDataset:
 def _read_mlcsv(path: Path, skip_bad_rows: bool) -> RawDataset:
     ratings = path / "ratings.csv"
     sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line"], skip_bad_rows)
-    table = CsvRows(ratings, delimiter=",", sink=sink)
-    idx = [table.column_index(c) for c in ("userId", "movieId", "rating", "timestamp")]
-
-    def rows():
-        for line, parts in table:
-            if len(parts) != len(table.header):
-                try:
-                    table.check_width(parts, line)
-                except DataError as err:
-                    yield line, err
-                continue
-            yield line, [parts[i] for i in idx]
-
-    inter = _read_ratings(ratings, rows(), sink, (0.5, 5.0))
+    inter = read_ratings_csv(ratings, dict(zip(FIELDS, CSV_COLUMNS)), CSV_SCALE)
+    if inter is None:  # not provably clean: the line path finds and names the problem
+        inter = _read_ratings_lines(ratings, sink)
     movies = _required(path / "movies.csv", "MovieLens CSV")
     item_sink = RowSink([], skip_bad_rows)
     table = CsvRows(movies, delimiter=",", sink=item_sink)
@@ -257,7 +249,24 @@ def _read_mlcsv(path: Path, skip_bad_rows: bool) -> RawDataset:
         item_sink.add(lambda rec=rec, line=line: parse_item(rec, line))
     _not_empty(items, movies)
     return _finish(path.name or "movielens", inter, items, None, [], sinks=(sink, item_sink), source=ratings,
-                   items_source=movies, scale=(0.5, 5.0))
+                   items_source=movies, scale=CSV_SCALE)
+
+
+def _read_ratings_lines(ratings: Path, sink: RowSink):
+    table = CsvRows(ratings, delimiter=",", sink=sink)
+    idx = [table.column_index(c) for c in CSV_COLUMNS]
+
+    def rows():
+        for line, parts in table:
+            if len(parts) != len(table.header):
+                try:
+                    table.check_width(parts, line)
+                except DataError as err:
+                    yield line, err
+                continue
+            yield line, [parts[i] for i in idx]
+
+    return _read_ratings(ratings, rows(), sink, CSV_SCALE)
 
 
 def read_recbole_atomic(path: Path, name: str, *, skip_bad_rows: bool = False) -> RawDataset:
