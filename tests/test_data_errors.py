@@ -363,8 +363,8 @@ def test_fast_ratings_csv_matches_the_line_path(tmp_path):
     columns = dict(zip(FIELDS, CSV_COLUMNS))
     fast = read_ratings_csv(f, columns, CSV_SCALE)
     slow = _read_ratings_lines(f, RowSink(["user_id", "item_id", "rating", "timestamp", "line"]))
-    assert fast is not None
-    pd.testing.assert_frame_equal(fast, slow)
+    assert fast is not None and fast[1] == "s"
+    pd.testing.assert_frame_equal(fast[0], slow)
     for doubtful in ("userId,movieId,rating,timestamp\n1,1,4,964982703\n\n2,1,4,964982704\n",  # blank line
                      "userId,movieId,rating,timestamp\n1,1,4,964982703\n2,1,4.0,964982704.5\n",  # float time
                      "userId,movieId,rating,timestamp\n1,1,4,964982703\n 2,1,4,964982704\n",  # padded id
@@ -372,3 +372,23 @@ def test_fast_ratings_csv_matches_the_line_path(tmp_path):
         assert read_ratings_csv(write(tmp_path / "d.csv", doubtful), columns, CSV_SCALE) is None
     d = ml_latest(tmp_path / "blank", "userId,movieId,rating,timestamp\n1,1,4,964982703\n\n2,1,60,964982704\n")
     assert where(raises(read, "movielens", d)) == ("ratings.csv", 4, "rating")  # line numbers of the file
+
+
+@pytest.mark.parametrize("stamps, unit", [([1600000000000, 1600000360000, 1600000720000], "ms"), (None, None)])
+def test_fast_csv_log_matches_the_line_path(tmp_path, monkeypatch, stamps, unit):
+    from reasonrec.data.readers import generic
+
+    header = "uid\tiid\tstars" + ("\tts" if stamps else "")
+    rows = [f"u{k % 2}\ti{k}\t{k + 1}" + (f"\t{stamps[k]}" if stamps else "") for k in range(3)]
+    f = write(tmp_path / "log.tsv", header + "\n" + "\n".join(rows))  # no final newline either
+    cols = {"user_id": "uid", "item_id": "iid", "rating": "stars"} | ({"timestamp": "ts"} if stamps else {})
+    calls = []
+    real = generic.read_ratings_csv
+    monkeypatch.setattr(generic, "read_ratings_csv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = read("csv", f, columns=cols)
+    assert calls and generic.read_ratings_csv(f, {"user_id": "uid", "item_id": "iid", "rating": "stars"},
+                                               (1, 5), delimiter="\t") is not None
+    monkeypatch.setattr(generic, "read_ratings_csv", lambda *a, **k: None)
+    slow = read("csv", f, columns=cols)
+    pd.testing.assert_frame_equal(fast.interactions, slow.interactions)
+    assert fast.meta["time_source"] == slow.meta["time_source"] == ("ts (ms)" if stamps else "file order")

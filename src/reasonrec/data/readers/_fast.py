@@ -15,52 +15,78 @@ import numpy as np
 import pandas as pd
 
 from reasonrec.data.readers._io import open_binary
-from reasonrec.data.readers._time import _HI, _LO  # the line path's 1900..2100 range
+from reasonrec.data.readers._time import _HI, _LO, PER_SECOND, unit_of
 
 CHUNK = 1 << 24
 
 
-def read_ratings_csv(path: Path, columns: dict[str, str], scale: tuple[float, float]) -> pd.DataFrame | None:
-    """`columns` maps user_id/item_id/rating/timestamp to the file's names; timestamps are epoch s."""
-    scan = _scan(path)
+def read_ratings_csv(path: Path, columns: dict[str, str], scale: tuple[float, float], *, delimiter: str = ",",
+                     unit: str = "s") -> tuple[pd.DataFrame, str | None] | None:
+    """(interactions frame, epoch unit used) or None when the line path must decide.
+
+    `columns` maps user_id, item_id, rating and optionally timestamp (epoch numbers in `unit`, or
+    "auto" for one magnitude band for the whole column) to the file's names; without a timestamp
+    the line number is the time, as in the line path.
+    """
+    scan = _scan(path, delimiter.encode())
     if scan is None:
         return None
-    lines, commas = scan
+    lines, separators = scan
+    ids = {columns["user_id"]: str, columns["item_id"]: str}
     try:
-        df = pd.read_csv(path, encoding="utf-8", skip_blank_lines=False, index_col=False, engine="c",
-                         dtype={columns["user_id"]: str, columns["item_id"]: str})
+        df = pd.read_csv(path, sep=delimiter, encoding="utf-8", skip_blank_lines=False, index_col=False, engine="c",
+                         dtype=ids, na_values=[""], keep_default_na=False)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError, EOFError):
         return None
-    if not set(columns.values()) <= set(df.columns):
+    if not set(columns.values()) <= set(df.columns) or len(set(df.columns)) != len(df.columns):
         return None
     # No cell is empty and the separators add up, so no line has too few fields and hence none too many.
-    if not len(df) or lines != len(df) + 1 or commas != (len(df.columns) - 1) * lines or df.isna().any().any():
+    if not len(df) or lines != len(df) + 1 or separators != (len(df.columns) - 1) * lines or df.isna().any().any():
         return None
     out = pd.DataFrame({"user_id": df[columns["user_id"]], "item_id": df[columns["item_id"]]})
     for col in ("user_id", "item_id"):
-        ids = out[col]
-        if ids.isna().any() or (ids.str.strip() != ids).any() or (ids == "").any():
+        values = out[col]
+        if (values.str.strip() != values).any() or (values == "").any():
             return None
-        out[col] = ids.astype(str)
-    rating, stamp = df[columns["rating"]], df[columns["timestamp"]]
-    if not pd.api.types.is_float_dtype(rating) and not pd.api.types.is_integer_dtype(rating):
-        return None
-    if not pd.api.types.is_integer_dtype(stamp):
+        out[col] = values.astype(str)
+    rating = df[columns["rating"]]
+    if not (pd.api.types.is_float_dtype(rating) or pd.api.types.is_integer_dtype(rating)):
         return None
     rating = rating.astype("float64")
-    if rating.isna().any() or not rating.between(*scale).all():
+    if not rating.between(*scale).all():
         return None
-    stamp = stamp.astype("int64")
-    if not ((stamp >= _LO) & (stamp < _HI)).all():
-        return None
-    out["rating"], out["timestamp"] = rating, stamp
+    out["rating"] = rating
+    line = np.arange(2, len(out) + 2, dtype="int64")
+    if "timestamp" in columns:
+        seconds = _seconds(df[columns["timestamp"]], unit)
+        if seconds is None:
+            return None
+        out["timestamp"], unit = seconds
+    else:
+        out["timestamp"], unit = line, None
     out["source"] = pd.Categorical.from_codes(np.zeros(len(out), dtype="int8"), categories=[str(path)])
-    out["line"] = np.arange(2, len(out) + 2, dtype="int64")
-    return out
+    out["line"] = line
+    return out, unit
 
 
-def _scan(path: Path) -> tuple[int, int] | None:
-    """(lines as the line path counts them, commas); None when a quote makes fields uncountable."""
+def _seconds(stamp: pd.Series, unit: str) -> tuple[pd.Series, str] | None:
+    if not pd.api.types.is_integer_dtype(stamp):
+        return None  # floats, dates: the line path's rules are subtler than worth repeating
+    stamp = stamp.astype("int64")
+    if unit == "auto":
+        magnitude = stamp.abs()
+        bands = {unit_of(magnitude.min()), unit_of(magnitude.max())}
+        if len(bands) != 1:
+            return None
+        unit = bands.pop()
+    seconds = stamp // PER_SECOND[unit]
+    if not ((seconds >= _LO) & (seconds < _HI)).all():
+        return None
+    return seconds, unit
+
+
+def _scan(path: Path, separator: bytes) -> tuple[int, int] | None:
+    """(lines as the line path counts them, separators); None when a quote makes fields uncountable."""
     lines = commas = 0
     last = b"\n"
     try:
@@ -69,7 +95,7 @@ def _scan(path: Path) -> tuple[int, int] | None:
                 if b'"' in chunk:
                     return None
                 lines += chunk.count(b"\n")
-                commas += chunk.count(b",")
+                commas += chunk.count(separator)
                 last = chunk[-1:]
     except (OSError, EOFError):
         return None

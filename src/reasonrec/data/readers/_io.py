@@ -226,6 +226,9 @@ class CsvRows:
         finally:
             self._lines.close()
 
+    def close(self) -> None:
+        self._lines.close()
+
     def column_index(self, name: str, *, required: bool = True) -> int | None:
         if name in self.header:
             return self.header.index(name)

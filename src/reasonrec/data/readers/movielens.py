@@ -229,9 +229,9 @@ def _read_ml1m(path: Path, skip_bad_rows: bool) -> RawDataset:
 def _read_mlcsv(path: Path, skip_bad_rows: bool) -> RawDataset:
     ratings = path / "ratings.csv"
     sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line"], skip_bad_rows)
-    inter = read_ratings_csv(ratings, dict(zip(FIELDS, CSV_COLUMNS)), CSV_SCALE)
-    if inter is None:  # not provably clean: the line path finds and names the problem
-        inter = _read_ratings_lines(ratings, sink)
+    fast = read_ratings_csv(ratings, dict(zip(FIELDS, CSV_COLUMNS)), CSV_SCALE)
+    # not provably clean: the line path finds and names the problem
+    inter = fast[0] if fast is not None else _read_ratings_lines(ratings, sink)
     movies = _required(path / "movies.csv", "MovieLens CSV")
     item_sink = RowSink([], skip_bad_rows)
     table = CsvRows(movies, delimiter=",", sink=item_sink)
