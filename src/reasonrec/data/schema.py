@@ -53,15 +53,6 @@ class RawDataset:
     derive_items: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None
 
 
-def empty_users(user_ids) -> pd.DataFrame:
-    return pd.DataFrame({"user_id": pd.Series(sorted(set(user_ids)), dtype=str)})
-
-
-def empty_items(item_ids) -> pd.DataFrame:
-    ids = sorted(set(item_ids))
-    return pd.DataFrame({"item_id": ids, "title": ids, "categories": "", "description": ""})
-
-
 def to_float(value, *, file, line, field_name) -> float:
     """Parse a rating; a clear DataError instead of a bare ValueError."""
     try:
@@ -71,13 +62,6 @@ def to_float(value, *, file, line, field_name) -> float:
     if not np.isfinite(out):
         raise DataError(f"expected a finite number, got {value!r}", file=file, line=line, field=field_name)
     return out
-
-
-def to_timestamp(value, *, file, line, field_name, unit: str = "s") -> int:
-    """Epoch seconds from an epoch number in `unit` or a date string (see readers/_time.py)."""
-    from reasonrec.data.readers._time import TimeParser
-
-    return TimeParser(unit)(value, file=file, line=line, field_name=field_name)
 
 
 def default_threshold(scale: tuple[float, float]) -> float:

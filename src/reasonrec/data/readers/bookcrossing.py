@@ -3,7 +3,7 @@
 - Original: `BX-Book-Ratings.csv` (`"User-ID";"ISBN";"Book-Rating"`), `BX-Books.csv`
   (`"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher";image URLs`), `BX-Users.csv`
   (`"User-ID";"Location";"Age"`, Age "NULL" when unknown): semicolon separated, every field quoted,
-  Latin-1/cp1252 text with some UTF-8 (decoded per byte sequence, see `_io.open_text`).
+  Latin-1/cp1252 text with some UTF-8 (decoded per line, see `_io.decode_line`).
 - Kaggle: `Ratings.csv`, `Books.csv`, `Users.csv`, the same columns comma separated, UTF-8.
 Any of these files may be gzipped (`BX-Books.csv.gz`).
 The separator is sniffed from each header. `path` is the directory or the ratings file; the book and

@@ -23,11 +23,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from reasonrec.data.readers._fast import read_ratings_csv
 from reasonrec.data.readers._io import (
     CsvRows, bad_row_meta, decoded_lines, interactions_frame, items_frame, optional_float, rating, require_rows,
     users_frame,
 )
-from reasonrec.data.readers._fast import read_ratings_csv
 from reasonrec.data.readers._time import TimeParser
 from reasonrec.data.schema import RawDataset, RowSink
 from reasonrec.errors import DataError
