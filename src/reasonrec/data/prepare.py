@@ -268,6 +268,13 @@ def _drops(ds: RawDataset, report: dict) -> dict[str, int]:
     return out
 
 
+def _drops_text(card: dict) -> str:
+    drops = card.get("dropped") or {}
+    if not drops:
+        return "nothing"
+    return f"{', '.join(f'{k}: {v:,}' for k, v in drops.items())} (each line listed in {card.get('rejects_file')})"
+
+
 def _range_text(time_range) -> str:
     return f"{time_range[0]} .. {time_range[1]}" if time_range else "no dates"
 
@@ -293,8 +300,7 @@ def render_card(card: dict) -> str:
         f"| context | {', '.join(card['context_columns']) or '-'} |",
         f"| features | items: {', '.join(card['item_features']) or '-'}; users: {', '.join(card['user_features']) or '-'} |",
         f"| bad rows skipped / duplicates dropped | {card['bad_rows_skipped']} / {card['duplicates_dropped']} |",
-        f"| dropped | {', '.join(f'{k}: {v:,}' for k, v in card.get('dropped', {}).items()) or 'nothing'}"
-        f" (each line listed in {card.get('rejects_file', REJECTS_FILE)}) |",
+        f"| dropped | {_drops_text(card)} |",
     ]
     decoded = card.get("decoded_with_fallback") or {}
     if decoded:
