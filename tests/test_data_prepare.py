@@ -153,8 +153,10 @@ def test_bad_rows_name_file_line_field(tmp_path, line, field, words):
 def test_duplicates_and_empty_and_missing_column(tmp_path):
     d = _write_ml100k(tmp_path / "dup", ["1\t1\t5\t100\n", "1\t1\t5\t100\n"])
     with pytest.raises(DataError, match=r"u.data, line 2.*duplicate interaction"):
-        prepare(read("movielens", d))
-    assert prepare(read("movielens", d), PrepareConfig(skip_bad_rows=True)).card["duplicates_dropped"] == 1
+        prepare(read("movielens", d), PrepareConfig(duplicates="error"))
+    kept = prepare(read("movielens", d))  # the default policy keeps the first copy and says so
+    assert kept.card["duplicates_dropped"] == 1 and kept.card["dropped"] == {"duplicate": 1}
+    assert kept.rejects[["line", "kind"]].values.tolist() == [[2, "dropped"]]
     e = _write_ml100k(tmp_path / "empty", [])
     with pytest.raises(DataError, match="no interactions"):
         prepare(read("movielens", e))

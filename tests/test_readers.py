@@ -246,7 +246,7 @@ def test_yelp_keeps_restaurants_and_joins_names(tmp_path):
     assert ds.interactions["item_id"].tolist() == ["b_thai", "b_cafe"]
     assert ds.interactions["line"].tolist() == [1, 3]
     assert ds.interactions["timestamp"].iloc[0] == utc("2016-03-09 00:44:42")
-    assert ds.meta["dropped"] == {"not a restaurant": 3}
+    assert ds.meta["dropped"] == {"not a restaurant": 2, "business not in the business file": 1}
     thai = ds.items.set_index("item_id").loc["b_thai"]
     assert (thai["title"], thai["categories"], thai["description"]) == \
         ("Thai Orchid", "Thai, Restaurants", "Located in Philadelphia, PA.")
@@ -286,6 +286,11 @@ def test_yelp_needs_business_file_to_filter_and_reports_empty_result(tmp_path):
 
 # --- TripAdvisor ----------------------------------------------------------------------------------
 
+def all_train_items(ds: RawDataset) -> pd.DataFrame:
+    """The items table prepare would build if every review were in the training split."""
+    return ds.derive_items(ds.interactions, ds.items)
+
+
 def peter(user, item, rating, feature, sentence="the room was clean", sentiment=1):
     return {"user": user, "item": item, "rating": rating,
             "template": (feature, "clean", sentence, sentiment), "predicted": ""}
@@ -301,7 +306,8 @@ def test_tripadvisor_pickle_file_order_and_aspects(tmp_path):
     assert (ds.domain, ds.label_threshold, ds.meta["time_source"]) == ("hotel", 4.0, "file order")
     assert ds.interactions["timestamp"].tolist() == [1, 2, 3, 4, 5]
     assert ds.interactions["rating"].tolist() == [5.0, 4.0, 2.0, 3.0, 4.0]
-    items = ds.items.set_index("item_id")
+    assert ds.items.set_index("item_id").loc["h1", "categories"] == ""  # only prepare knows the split
+    items = all_train_items(ds).set_index("item_id")
     assert items.loc["h1", "categories"] == "room, location"  # most frequent first
     assert items.loc["h1", "title"] == "h1"
     assert not any(c.startswith("ctx_") for c in ds.interactions.columns)  # review text would leak
@@ -332,7 +338,7 @@ def test_tripadvisor_pickle_of_plain_containers_loads_at_every_protocol(tmp_path
     record = peter("u", "h", 4, "pool") | {"extra": [{1, 2}, frozenset({3}), b"raw", 1.5]}
     (tmp_path / "reviews.pickle").write_bytes(pickle.dumps([record], protocol=protocol))
     ds = read_tripadvisor(tmp_path)
-    assert ds.items["categories"].tolist() == ["pool"] and ds.interactions["rating"].tolist() == [4.0]
+    assert all_train_items(ds)["categories"].tolist() == ["pool"] and ds.interactions["rating"].tolist() == [4.0]
 
 
 def test_tripadvisor_empty_pickle_is_an_empty_result(tmp_path):
@@ -363,7 +369,7 @@ def test_tripadvisor_json_lines_with_dates_and_items_file(tmp_path):
     assert_schema(ds)
     assert ds.meta["time_source"] == "date"
     assert ds.interactions["timestamp"].tolist() == [utc("2012-05-01", "%Y-%m-%d"), utc("2012-06-01", "%Y-%m-%d")]
-    items = ds.items.set_index("item_id")
+    items = all_train_items(ds).set_index("item_id")
     assert items.loc["h1", ["title", "categories"]].tolist() == ["Hotel Lux", "staff"]
     assert items.loc["h2", ["title", "categories"]].tolist() == ["Grand Hotel", "Hotel, Spa"]
 
@@ -496,7 +502,7 @@ def test_table_csv_with_mapping_items_and_users(tmp_path):
     assert users["feat_age"].dtype == "float64" and users.loc["7", "feat_age"] == 33
     assert pd.isna(users.loc["8", "feat_age"]) and pd.isna(users.loc["8", "feat_city"])
     assert users.loc["7", "feat_city"] == "Oslo"
-    assert ds.meta["time_source"] == "when (s)"
+    assert ds.meta["time_source"] == "when (dates)"
 
 
 def test_table_parquet_label_only_and_epoch_ms(tmp_path):
@@ -509,7 +515,9 @@ def test_table_parquet_label_only_and_epoch_ms(tmp_path):
     assert ds.interactions["rating"].tolist() == [1.0, 0.0, 1.0] == ds.interactions["label"].tolist()
     assert ds.interactions["timestamp"].tolist() == [1_600_000_000, 1_600_000_001, 1_600_000_002]
     assert (ds.label_threshold, ds.rating_scale, ds.meta["rating_from_label"]) == (1.0, (0.0, 1.0), True)
-    assert ds.items.set_index("item_id")["title"].to_dict() == {"a": "Alpha", "b": "Beta"}
+    assert all_train_items(ds).set_index("item_id")["title"].to_dict() == {"a": "Alpha", "b": "Beta"}
+    assert ds.meta["time_source"] == "timestamp (ms)"
+    assert read_table(f).interactions["timestamp"].tolist() == [1_600_000_000, 1_600_000_001, 1_600_000_002]
     ds = read_table(f, time_unit="ms", label_threshold=0.5)
     assert ds.label_threshold == 0.5
 

@@ -43,23 +43,42 @@ def data_prepare(
     skip_bad_rows: bool = typer.Option(False, help="count and skip bad rows instead of stopping at the first"),
     col: list[str] = typer.Option([], help="csv reader column mapping, OURS=THEIRS (e.g. user_id=uid)"),
     domain: Optional[str] = typer.Option(None, help="csv reader: movie | product | restaurant | hotel | book"),
+    rating_scale: Optional[str] = typer.Option(None, help="csv reader: LOW-HIGH, e.g. 0-10 [1-5; 0-1 for labels]; "
+                                                          "ratings outside it are bad rows"),
+    time_unit: str = typer.Option("auto", help="csv reader: epoch unit s | ms | us | ns, or auto (from magnitude)"),
+    date_format: Optional[str] = typer.Option(None, help="csv reader: strptime format for day/month dates, "
+                                                         "e.g. '%d/%m/%Y' (required for dates like 03/04/2021)"),
+    items: Optional[Path] = typer.Option(None, help="csv reader: items side file (CSV/TSV/Parquet)"),
+    users: Optional[Path] = typer.Option(None, help="csv reader: users side file (CSV/TSV/Parquet)"),
+    duplicates: str = typer.Option("first", help="repeated (user, item, timestamp): first (keep one, count) | error"),
 ):
     """Read a dataset, split it per user by time, and write samples/items/users Parquet + a dataset card."""
     from reasonrec.data.prepare import PrepareConfig, prepare
     from reasonrec.data.readers import read
 
+    from reasonrec.data.schema import parse_scale
+
     options = {"skip_bad_rows": skip_bad_rows}
+    csv_only = {"--col": col, "--domain": domain, "--rating-scale": rating_scale, "--date-format": date_format,
+                "--items": items, "--users": users, "--time-unit": None if time_unit == "auto" else time_unit}
     if dataset == "csv":
-        options["columns"] = _parse_columns(col)
+        options.update(columns=_parse_columns(col), rating_scale=parse_scale(rating_scale) if rating_scale else None,
+                       time_unit=time_unit, date_format=date_format, items_path=items, users_path=users)
         if domain:
             options["domain"] = domain
+    else:
+        given = [name for name, value in csv_only.items() if value]
+        if given:
+            raise ReasonrecError(f"{', '.join(given)} only apply to --dataset csv; the {dataset} reader declares "
+                                 "its own columns, scale and time format")
     raw = read(dataset, path, **options)
     cfg = PrepareConfig(test_frac=test_frac, valid_frac=valid_frac, label_threshold=label_threshold,
-                        max_users=max_users, last_n_per_user=last_n_per_user, seed=seed, skip_bad_rows=skip_bad_rows)
+                        max_users=max_users, last_n_per_user=last_n_per_user, seed=seed, skip_bad_rows=skip_bad_rows,
+                        duplicates=duplicates)
     prepared = prepare(raw, cfg)
     target = prepared.save(out or Path("artifacts") / "data" / dataset)
     typer.echo((target / "card.md").read_text())
-    typer.echo(f"wrote {target}/samples.parquet, items.parquet, users.parquet, card.json")
+    typer.echo(f"wrote {target}/samples.parquet, items.parquet, users.parquet, card.json, rejects.csv")
 
 
 @data_app.command("show")

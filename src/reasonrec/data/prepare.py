@@ -12,14 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from reasonrec.data.schema import HISTORY_LEN, RawDataset, validate
+from reasonrec.data.schema import FILE_ORDER, HISTORY_LEN, RawDataset, validate
 from reasonrec.errors import DataError
+
+REJECTS_FILE = "rejects.csv"
+REJECT_COLUMNS = ["file", "line", "field", "kind", "reason"]
 
 
 @dataclass
@@ -32,7 +36,8 @@ class PrepareConfig:
     last_n_per_user: int | None = None
     seed: int = 0
     skip_bad_rows: bool = False
-    context: bool = True             # hour-of-day and day-of-week from real timestamps
+    context: bool = True             # hour-of-day and day-of-week wherever the source has real times
+    duplicates: str = "first"        # repeated (user, item, timestamp): "first" keeps one and counts, "error"
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Prepared:
     items: pd.DataFrame
     users: pd.DataFrame
     card: dict = field(default_factory=dict)
+    rejects: pd.DataFrame | None = None  # every input line skipped or dropped, and why
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
@@ -50,6 +56,8 @@ class Prepared:
             tmp = out / f".{name}.parquet.tmp"
             frame.to_parquet(tmp, index=False)
             tmp.replace(out / f"{name}.parquet")
+        rejects = self.rejects if self.rejects is not None else pd.DataFrame(columns=REJECT_COLUMNS)
+        rejects.to_csv(out / REJECTS_FILE, index=False)
         (out / "card.json").write_text(json.dumps(self.card, indent=2, default=str))
         (out / "card.md").write_text(render_card(self.card))
         return out
@@ -68,7 +76,7 @@ def load_prepared(path: str | Path) -> Prepared:
 def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     cfg = config or PrepareConfig()
     started = time.perf_counter()
-    report = validate(ds, skip_bad_rows=cfg.skip_bad_rows)
+    report = validate(ds, skip_bad_rows=cfg.skip_bad_rows, duplicates=cfg.duplicates)
     inter = ds.interactions.copy()
     inter["user_id"] = inter["user_id"].astype(str)
     inter["item_id"] = inter["item_id"].astype(str)
@@ -96,7 +104,7 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     inter["split"] = _split(pos, count, cfg.test_frac, cfg.valid_frac)
     threshold = ds.label_threshold if cfg.label_threshold is None else cfg.label_threshold
     inter["label"] = (inter["rating"] >= threshold).astype("int8")
-    if cfg.context and ds.meta.get("time_source", "timestamp") == "timestamp":
+    if cfg.context and _real_time(ds):
         when = pd.to_datetime(inter["timestamp"], unit="s", utc=True)
         inter["ctx_hour"] = when.dt.hour.astype("int16")
         inter["ctx_weekday"] = when.dt.day_of_week.astype("int16")
@@ -105,11 +113,19 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     samples = inter[["user_id", "item_id", "rating", "label", "timestamp", "split", "history", *ctx]].copy()
     samples.insert(0, "sample_id", np.arange(len(samples), dtype="int64"))
 
-    items = _side_table(ds.items, "item_id", set(samples["item_id"]) | {i for h in samples["history"] for i in h})
+    item_table = ds.items
+    if ds.derive_items is not None:
+        item_table = ds.derive_items(inter[inter["split"] == "train"], item_table)
+    items = _side_table(item_table, "item_id", set(samples["item_id"]) | {i for h in samples["history"] for i in h})
     users = _side_table(ds.users, "user_id", set(samples["user_id"]))
+    rejects = pd.DataFrame(list(ds.meta.get("rejects", [])) + report["rejects"], columns=REJECT_COLUMNS)
     card = make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users)
     card["prepare_seconds"] = round(time.perf_counter() - started, 2)
-    return Prepared(samples, items, users, card)
+    return Prepared(samples, items, users, card, rejects)
+
+
+def _real_time(ds: RawDataset) -> bool:
+    return ds.meta.get("time_source", "timestamp") != FILE_ORDER
 
 
 def user_subset(user_ids, n: int | None, seed: int = 0) -> list[str]:
@@ -173,9 +189,24 @@ def _side_table(frame: pd.DataFrame, key: str, ids: set) -> pd.DataFrame:
             filler.update(title=missing, categories="", description="")
         frame = pd.concat([frame, pd.DataFrame(filler)], ignore_index=True)
     for col in frame.columns:
-        if col.startswith("feat_") or col in ("title", "categories", "description"):
+        if col.startswith("feat_") and _numeric(frame[col]):
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")  # NaN = missing
+        elif col.startswith("feat_") or col in ("title", "categories", "description"):
             frame[col] = frame[col].fillna("").astype(str)
     return frame.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def _numeric(values: pd.Series) -> bool:
+    """Already numeric, or every present value parses as a number (a reader that kept "1995" as text)."""
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_numeric_dtype(values):
+        return True
+    present = values.dropna()
+    present = present[present.astype(str).str.strip() != ""]
+    if not len(present):
+        return False
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
 
 
 def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) -> dict:
@@ -206,12 +237,46 @@ def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) ->
         "context_columns": [c for c in samples.columns if c.startswith("ctx_")],
         "item_features": [c for c in items.columns if c.startswith("feat_")],
         "user_features": [c for c in users.columns if c.startswith("feat_")],
-        "time_range": [str(pd.to_datetime(samples["timestamp"].min(), unit="s").date()),
-                       str(pd.to_datetime(samples["timestamp"].max(), unit="s").date())],
+        "time_range": _time_range(ds, samples),
         "bad_rows_skipped": int(ds.meta.get("bad_rows", 0)) + report.get("bad_rows", 0),
         "duplicates_dropped": report.get("duplicates", 0),
+        "dropped": _drops(ds, report),
+        "rejects_file": REJECTS_FILE,
+        "decoded_with_fallback": dict(ds.meta.get("decoded_with_fallback", {})),
         "config": asdict(cfg),
     }
+
+
+def _time_range(ds: RawDataset, samples: pd.DataFrame) -> list[str] | None:
+    """None when the order is the file's: its "timestamps" are line numbers, not dates."""
+    if not _real_time(ds):
+        return None
+    return [_day(samples["timestamp"].min()), _day(samples["timestamp"].max())]
+
+
+def _day(seconds) -> str:
+    return datetime.fromtimestamp(int(seconds), tz=timezone.utc).date().isoformat()
+
+
+def _drops(ds: RawDataset, report: dict) -> dict[str, int]:
+    """Every reason an input line is not in the samples, with its count (zero counts omitted)."""
+    out = {reason: int(n) for reason, n in ds.meta.get("dropped", {}).items() if n}
+    bad = int(ds.meta.get("bad_rows", 0)) + report.get("bad_rows", 0)
+    for reason, n in (("bad row (skipped)", bad), ("duplicate", report.get("duplicates", 0))):
+        if n:
+            out[reason] = out.get(reason, 0) + int(n)
+    return out
+
+
+def _drops_text(card: dict) -> str:
+    drops = card.get("dropped") or {}
+    if not drops:
+        return "nothing"
+    return f"{', '.join(f'{k}: {v:,}' for k, v in drops.items())} (each line listed in {card.get('rejects_file')})"
+
+
+def _range_text(time_range) -> str:
+    return f"{time_range[0]} .. {time_range[1]}" if time_range else "no dates"
 
 
 def render_card(card: dict) -> str:
@@ -231,11 +296,15 @@ def render_card(card: dict) -> str:
         f"| label rate by split | {', '.join(f'{k} {v:.2%}' for k, v in card['label_rate_by_split'].items())} |",
         f"| history | {card['history_full_5']:.1%} with all 5; mean length {card['history_mean_len']}; "
         f"{card['history_empty']:,} empty |",
-        f"| time | {card['time_range'][0]} .. {card['time_range'][1]} (order from {card['time_source']}) |",
+        f"| time | {_range_text(card.get('time_range'))} (order from {card['time_source']}) |",
         f"| context | {', '.join(card['context_columns']) or '-'} |",
         f"| features | items: {', '.join(card['item_features']) or '-'}; users: {', '.join(card['user_features']) or '-'} |",
         f"| bad rows skipped / duplicates dropped | {card['bad_rows_skipped']} / {card['duplicates_dropped']} |",
+        f"| dropped | {_drops_text(card)} |",
     ]
+    decoded = card.get("decoded_with_fallback") or {}
+    if decoded:
+        lines.append(f"| not UTF-8, read as cp1252 | {', '.join(f'{k}: {v:,} line(s)' for k, v in decoded.items())} |")
     if card.get("prepare_seconds") is not None:
         lines.append(f"| prepare time | {card['prepare_seconds']} s |")
     return "\n".join(lines) + "\n"

@@ -61,7 +61,7 @@ class TemplateSet:
 
     @staticmethod
     def _fields(item: dict) -> dict:
-        year = str(item.get("feat_year") or "").strip()
+        year = _year_text(item.get("feat_year"))
         return {"title": str(item.get("title") or item.get("item_id")), "year_paren": f" ({year})" if year else "",
                 "categories": str(item.get("categories") or "unknown"), "description": str(item.get("description") or "")}
 
@@ -105,3 +105,12 @@ def load_templates(domain: str, directory: str | None = None) -> TemplateSet:
 def word_cap_tokens(max_words: int) -> int:
     """A token budget that fits `max_words` English words (~1.4 tokens per word) plus the period."""
     return int(math.ceil(max_words * 1.4)) + 2
+
+
+def _year_text(value) -> str:
+    """Prepared data stores years as numbers (1995.0, NaN when unknown); older tables as text."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()

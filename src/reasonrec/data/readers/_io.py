@@ -15,20 +15,20 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
-from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 
-from reasonrec.data.schema import RowSink, to_float, to_timestamp
+from reasonrec.data.readers._time import TimeParser
+from reasonrec.data.schema import FILE_ORDER, RowSink, to_float  # noqa: F401 (FILE_ORDER re-exported)
 from reasonrec.errors import DataError
 
 MAX_BAD_EXAMPLES = 5
 CATEGORY_SEP = ", "
-FILE_ORDER = "file order"
 
 
 # --- opening --------------------------------------------------------------------------------------
@@ -64,10 +64,35 @@ def open_binary(path: Path) -> IO[bytes]:
 def open_text(path: Path, *, newline: str | None = "\n") -> IO[str]:
     """Open text, gunzipping `.gz`; UTF-8 (BOM stripped) with a cp1252 fallback per bad sequence.
 
-    `newline="\\n"` (the default, for JSON lines) splits only on LF so that line numbers match
-    `wc -l`/editors; CSV readers pass `newline=""` as the csv module requires.
+    For a whole-file read that need not count fallbacks; line readers use `decoded_lines`.
     """
     return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors=LEGACY_ERRORS, newline=newline)
+
+
+def decode_line(raw: bytes) -> tuple[str, bool]:
+    """(text, whether the legacy fallback was needed). The one decoding policy of every reader."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors=LEGACY_ERRORS), True
+
+
+def decoded_lines(path: Path, sink: RowSink | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text with its line ending) splitting on LF only, so numbers match
+    `wc -l`; each line that is not valid UTF-8 is decoded per bad sequence and noted in `sink`."""
+    file = str(path)
+    line_no = 0
+    try:
+        with open_binary(path) as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                text, fallback = decode_line(raw)
+                if fallback and sink is not None:
+                    sink.note_decoded(file, line_no)
+                yield line_no, text
+    except (EOFError, OSError, gzip.BadGzipFile) as err:
+        raise DataError(f"cannot read the file ({err})", file=file, line=line_no + 1) from None
 
 
 def base_name(path: Path) -> str:
@@ -86,15 +111,9 @@ def format_ext(path: Path) -> str:
     return name.rsplit(".", 1)[-1] if "." in name else ""
 
 
-def iter_lines(path: Path, *, newline: str | None = "\n") -> Iterator[tuple[int, str]]:
+def iter_lines(path: Path, *, sink: RowSink | None = None) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, line); a truncated/corrupt gzip becomes a DataError with the line."""
-    line_no = 0
-    try:
-        with open_text(path, newline=newline) as fh:
-            for line_no, text in enumerate(fh, start=1):
-                yield line_no, text
-    except (EOFError, OSError, gzip.BadGzipFile) as err:
-        raise DataError(f"cannot read the file ({err})", file=str(path), line=line_no + 1) from None
+    yield from decoded_lines(path, sink)
 
 
 # --- JSON lines -----------------------------------------------------------------------------------
@@ -130,7 +149,7 @@ def iter_json_lines(path: Path, *, sink: RowSink | None = None,
     sink and skipped, so one broken line in a 10 GB dump does not cost the whole read.
     """
     file = str(path)
-    for line_no, text in iter_lines(path):
+    for line_no, text in iter_lines(path, sink=sink):
         if not text.strip():
             continue
         try:
@@ -138,7 +157,7 @@ def iter_json_lines(path: Path, *, sink: RowSink | None = None,
         except DataError as err:
             if sink is None or not sink.skip_bad_rows:
                 raise
-            sink.bad.append(str(err))
+            sink.reject(err)
             continue
         yield line_no, record
 
@@ -174,21 +193,22 @@ class CsvRows:
     def __init__(self, path: Path, *, delimiter: str | None = None, escapechar: str | None = None,
                  strict_quotes: bool = True, sink: RowSink | None = None):
         self.path, self.file, self.sink = path, str(path), sink
-        self._fh = open_text(path, newline="")
-        try:
-            first = self._fh.readline()
-        except (EOFError, OSError) as err:
-            self._fh.close()
-            raise DataError(f"cannot read the file ({err})", file=self.file, line=1) from None
+        self.pending_decoded: list[int] = []  # fallback lines met before a sink was attached
+        self._lines = decoded_lines(path, _SinkProxy(self))
+        first = next(self._lines, (1, ""))[1]
         if not first.strip():
-            self._fh.close()
+            self._lines.close()
             raise DataError("empty file: expected a header line", file=self.file, line=1)
         self.delimiter = delimiter or sniff_delimiter(first)
-        self._reader = csv.reader(_chain([first], self._fh), delimiter=self.delimiter, quotechar='"',
-                                  escapechar=escapechar, doublequote=True, strict=strict_quotes)
+        self._reader = csv.reader(_chain([first], (text for _, text in self._lines)), delimiter=self.delimiter,
+                                  quotechar='"', escapechar=escapechar, doublequote=True, strict=strict_quotes)
         self.header = [h.strip() for h in next(self._reader)]
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        if self.sink is not None:
+            for line in self.pending_decoded:
+                self.sink.note_decoded(self.file, line)
+            self.pending_decoded.clear()
         try:
             while True:
                 try:
@@ -199,15 +219,15 @@ class CsvRows:
                     bad = DataError(f"malformed CSV line ({err})", file=self.file, line=self._reader.line_num)
                     if self.sink is None or not self.sink.skip_bad_rows:
                         raise bad from None
-                    self.sink.bad.append(str(bad))
+                    self.sink.reject(bad)
                     continue
-                except (EOFError, OSError) as err:
-                    raise DataError(f"cannot read the file ({err})", file=self.file,
-                                    line=self._reader.line_num + 1) from None
                 if row and any(cell.strip() for cell in row):
                     yield self._reader.line_num, row
         finally:
-            self._fh.close()
+            self._lines.close()
+
+    def close(self) -> None:
+        self._lines.close()
 
     def column_index(self, name: str, *, required: bool = True) -> int | None:
         if name in self.header:
@@ -221,6 +241,20 @@ class CsvRows:
         if len(row) != len(self.header):
             raise DataError(f"expected {len(self.header)} fields ({self.delimiter!r}-separated), got "
                             f"{len(row)}: {self.delimiter.join(row)[:80]!r}", file=self.file, line=line)
+
+
+class _SinkProxy:
+    """Lets CsvRows note decoding fallbacks in whichever sink it is given later (readers set
+    `.sink` after the header is read)."""
+
+    def __init__(self, rows: CsvRows):
+        self._rows = rows
+
+    def note_decoded(self, file: str, line: int) -> None:
+        if self._rows.sink is not None:
+            self._rows.sink.note_decoded(file, line)
+        else:
+            self._rows.pending_decoded.append(line)
 
 
 def _chain(first: Iterable[str], rest: Iterable[str]) -> Iterator[str]:
@@ -273,26 +307,9 @@ def id_field(record: dict, name: str, *, file: str, line: int) -> str:
 
 
 def parse_time(value: Any, *, file: str, line: int, field_name: str, unit: str = "s") -> int:
-    """Epoch seconds from epoch numbers (s or ms), datetimes, or ISO-like strings (naive = UTC).
-
-    `datetime.fromisoformat` covers the common dump formats and is ~50x faster than pd.Timestamp,
-    which stays the fallback for everything else.
-    """
-    if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return int(dt.timestamp())
-    if isinstance(value, date):  # Parquet date32 columns
-        return int(datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp())
-    if isinstance(value, str) and len(value) >= 10 and value[4:5] == "-":
-        try:
-            dt = datetime.fromisoformat(value.strip())
-        except ValueError:
-            pass
-        else:
-            return parse_time(dt, file=file, line=line, field_name=field_name)
-    if is_missing(value):
-        raise DataError("missing timestamp", file=file, line=line, field=field_name)
-    return to_timestamp(value, file=file, line=line, field_name=field_name, unit=unit)
+    """Epoch seconds from one value; readers of a whole column keep one `TimeParser` instead, so
+    that an auto-detected unit holds for every row."""
+    return TimeParser(unit)(value, file=file, line=line, field_name=field_name)
 
 
 def rating(value: Any, *, file: str, line: int, field_name: str,
@@ -324,9 +341,15 @@ def clean_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         value = " ".join(clean_text(v) for v in value)
     text = str(value)
+    if "<" in text:  # Amazon descriptions carry <br>, <b>, <div>...; tags become word breaks
+        text = _TAG.sub(" ", text)
     if "&" in text:  # dumps are full of &amp; / &#39;
         text = html.unescape(text)
     return " ".join(text.split())
+
+
+# A tag starts with a letter, `/` or `!`, so "a < b" and "<3" in prose survive.
+_TAG = re.compile(r"<[A-Za-z/!][^<>]*>")
 
 
 def join_categories(values: Any) -> str:
@@ -444,5 +467,14 @@ def _typed_features(df: pd.DataFrame, feature_columns: Iterable[str]) -> pd.Data
 
 
 def bad_row_meta(*sinks: RowSink) -> dict:
+    """The reader's account for the card: bad rows, policy drops, every rejected line, decoding fallbacks."""
     messages = [m for s in sinks for m in s.bad]
-    return {"bad_rows": len(messages), "bad_examples": messages[:MAX_BAD_EXAMPLES]}
+    dropped: dict[str, int] = {}
+    decoded: dict[str, int] = {}
+    for s in sinks:
+        for reason, count in s.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        for file, lines in s.decoded.items():
+            decoded[file] = decoded.get(file, 0) + len(lines)
+    return {"bad_rows": len(messages), "bad_examples": messages[:MAX_BAD_EXAMPLES], "dropped": dropped,
+            "rejects": [r for s in sinks for r in s.rejects], "decoded_with_fallback": decoded}

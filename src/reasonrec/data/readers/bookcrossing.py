@@ -3,7 +3,7 @@
 - Original: `BX-Book-Ratings.csv` (`"User-ID";"ISBN";"Book-Rating"`), `BX-Books.csv`
   (`"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher";image URLs`), `BX-Users.csv`
   (`"User-ID";"Location";"Age"`, Age "NULL" when unknown): semicolon separated, every field quoted,
-  Latin-1/cp1252 text with some UTF-8 (decoded per byte sequence, see `_io.open_text`).
+  Latin-1/cp1252 text with some UTF-8 (decoded per line, see `_io.decode_line`).
 - Kaggle: `Ratings.csv`, `Books.csv`, `Users.csv`, the same columns comma separated, UTF-8.
 Any of these files may be gzipped (`BX-Books.csv.gz`).
 The separator is sniffed from each header. `path` is the directory or the ratings file; the book and
@@ -11,8 +11,10 @@ user files are optional (titles then fall back to the ISBN). The real files have
 (a `\\"` before a separator, unquoted `;`): quoting is parsed leniently and a line whose field count
 is wrong is a bad row (DataError in strict mode, counted with `skip_bad_rows=True`).
 
-Choices: ratings 0-10 where 0 means an implicit interaction; `explicit_only=True` (default) drops
-the 0s (counted in `meta["dropped"]`). Domain "book", rating_scale (1, 10), label threshold 8: the
+Choices: ratings 0-10 where 0 means an implicit interaction (the user touched the book, no opinion).
+Implicit policy: `explicit_only=True` (default) drops the 0s, each counted in `meta["dropped"]` and
+listed in the rejects; `explicit_only=False` keeps them as rating 0 on a 0-10 scale, so they are
+negatives under any threshold. Domain "book", rating_scale (1, 10), label threshold 8: the
 explicit ratings are skewed high (median 8), so 8+ is the "liked it" half, the analogue of 4+ on 1-5.
 There are no times: timestamp = the line number (`meta["time_source"] = "file order"`). ISBNs are
 upper-cased and stripped so that "034545104x" in ratings joins "034545104X" in books. Items:
@@ -41,6 +43,7 @@ LAYOUTS = {  # ratings file -> (books file, users file)
 }
 ITEM_FEATURES = ["feat_author", "feat_publisher", "feat_year"]
 USER_FEATURES = ["feat_location", "feat_country", "feat_age"]
+IMPLICIT = "implicit (rating 0)"
 
 
 def read_bookcrossing(path: Path, *, skip_bad_rows: bool = False, explicit_only: bool = True) -> RawDataset:
@@ -51,7 +54,6 @@ def read_bookcrossing(path: Path, *, skip_bad_rows: bool = False, explicit_only:
     users_file = _optional(ratings_file.parent / users_name)
 
     sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line"], skip_bad_rows)
-    dropped = {"implicit (rating 0)": 0}
     rows = _csv(ratings_file, sink)
     file = rows.file
     user_col, isbn_col, rating_col = (rows.column_index(c) for c in ("User-ID", "ISBN", "Book-Rating"))
@@ -60,7 +62,7 @@ def read_bookcrossing(path: Path, *, skip_bad_rows: bool = False, explicit_only:
         rows.check_width(row, line)
         value = rating(row[rating_col], file=file, line=line, field_name="Book-Rating", bounds=(0, 10))
         if explicit_only and value == 0:
-            dropped["implicit (rating 0)"] += 1
+            sink.drop(IMPLICIT, file=file, line=line, field="Book-Rating")
             return None
         return {
             "user_id": to_id(row[user_col], file=file, line=line, field_name="User-ID"),
@@ -73,7 +75,7 @@ def read_bookcrossing(path: Path, *, skip_bad_rows: bool = False, explicit_only:
     for line, row in rows:
         sink.add(lambda row=row, line=line: parse(row, line))
     inter = interactions_frame(sink, ratings_file)
-    require_rows(inter, ratings_file, [sink], dropped)
+    require_rows(inter, ratings_file, [sink], sink.dropped)
 
     book_sink, user_sink = RowSink([], skip_bad_rows), RowSink([], skip_bad_rows)
     books = _read_books(books_file, set(inter["item_id"].unique()), book_sink) if books_file else {}
@@ -85,14 +87,13 @@ def read_bookcrossing(path: Path, *, skip_bad_rows: bool = False, explicit_only:
         items=items_frame(inter["item_id"], books, ITEM_FEATURES if books_file else []),
         users=users_frame(inter["user_id"], users, USER_FEATURES if users_file else []),
         label_threshold=8.0,
-        rating_scale=(1.0, 10.0),
+        rating_scale=(1.0, 10.0) if explicit_only else (0.0, 10.0),
         meta={
             "source": file,
             "items_source": str(books_file) if books_file else None,
             "users_source": str(users_file) if users_file else None,
             "time_source": FILE_ORDER,
             "explicit_only": explicit_only,
-            "dropped": dropped,
             **bad_row_meta(sink, book_sink, user_sink),
         },
     )

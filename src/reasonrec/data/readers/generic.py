@@ -4,10 +4,13 @@
 the column of the same name when the file has one. Keys:
 
 - interactions file: `user_id`, `item_id` (required), `rating` and/or `label` (one required; with a
-  label but no rating, rating = label), `timestamp` (epoch in `time_unit` "s"|"ms", or an ISO date;
-  without it, file order), inline item text `title`, `categories`, `description` (first non-empty
-  value per item), and `ctx_<name>` context columns (file columns already named `ctx_*` are taken
-  as they are).
+  label but no rating, rating = label), `timestamp` (epoch numbers in `time_unit` s|ms|us|ns, or
+  "auto" to detect it from the magnitude; or dates: year-first forms are read as they are, a
+  year-last date such as 03/04/2021 needs `date_format`; without a timestamp, file order), inline
+  item text `title`, `categories`, `description`, and `ctx_<name>` context columns (file columns
+  already named `ctx_*` are taken as they are). Inline item text comes from the interactions, so
+  `prepare` takes it from training rows only (first non-empty value per item, `derive_items`);
+  an items file, when given, wins over it.
 - items file (`items_path`): `item_key` (its id column; default: the interactions' item column
   name, else "item_id"), `item_title`, `item_categories`, `item_description` (defaults "title",
   "categories", "description"), `item_feat_<name>` -> items column `feat_<name>`. Without any
@@ -17,8 +20,9 @@ the column of the same name when the file has one. Keys:
 A mapped column that the file lacks is a DataError naming the file and the column and listing the
 columns it has. The separator is `sep`, else tab for .tsv/.tab, else sniffed from the header.
 `line` is the file line (header = line 1) for text files and the 1-based row for Parquet.
-`label_threshold`/`rating_scale` default to 4 on 1-5, or to 1 on 0-1 when ratings come from a
-label column (a 0/1 click log), since 4 would make every row negative. The domain is the caller's.
+`rating_scale` defaults to 1-5, or 0-1 when ratings come from a label column (a 0/1 click log); a
+rating outside it is a bad row. `label_threshold` defaults to three quarters up the scale (4 on
+1-5, 7.5 on 0-10), or 1 for labels. The domain is the caller's.
 Feature and context columns are numeric when every value parses as a number, else strings; empty
 cells and NA/NULL/NaN/None/\\N are missing.
 """
@@ -32,9 +36,11 @@ import pandas as pd
 
 from reasonrec.data.readers._io import (
     FILE_ORDER, CsvRows, bad_row_meta, base_name, clean_text, format_ext, interactions_frame, is_missing,
-    items_frame, join_categories, parse_time, require_rows, to_id, users_frame,
+    items_frame, join_categories, rating, require_rows, to_id, users_frame,
 )
-from reasonrec.data.schema import RawDataset, RowSink, to_float
+from reasonrec.data.readers._fast import read_ratings_csv
+from reasonrec.data.readers._time import TimeParser
+from reasonrec.data.schema import RawDataset, RowSink, default_threshold, to_float
 from reasonrec.errors import DataError
 
 MAIN_KEYS = ("user_id", "item_id", "rating", "timestamp", "label", "title", "categories", "description")
@@ -42,18 +48,19 @@ ITEM_KEYS = ("item_key", "item_title", "item_categories", "item_description")
 USER_KEYS = ("user_key",)
 TEXT_EXTS = ("csv", "tsv", "tab", "txt", "dat")
 PARQUET_EXTS = ("parquet", "pq")
+AUX = "aux_"  # per-row inline item text, turned into item text by `prepare` from training rows
 NA_STRINGS = {"NA", "N/A", "NULL", "null", "NaN", "nan", "None", "none", "\\N"}
 
 
 def read_table(path: Path, *, columns: dict[str, str] | None = None, sep: str | None = None,
                domain: str = "product", label_threshold: float | None = None,
                rating_scale: tuple[float, float] | None = None, items_path: Path | None = None,
-               users_path: Path | None = None, time_unit: str = "s", skip_bad_rows: bool = False) -> RawDataset:
+               users_path: Path | None = None, time_unit: str = "auto", date_format: str | None = None,
+               skip_bad_rows: bool = False) -> RawDataset:
     path = Path(path)
     mapping = dict(columns or {})
     _check_keys(mapping)
-    if time_unit not in ("s", "ms"):
-        raise DataError(f"time_unit must be 's' or 'ms', got {time_unit!r}")
+    clock = TimeParser(time_unit, date_format)
 
     table = _Table(path, sep)
     col = _resolve(table, mapping, MAIN_KEYS, required=("user_id", "item_id"))
@@ -63,10 +70,12 @@ def read_table(path: Path, *, columns: dict[str, str] | None = None, sep: str | 
     ctx = {k: v for k, v in mapping.items() if k.startswith("ctx_")}
     ctx.update({c: c for c in table.columns if c.startswith("ctx_") and c not in ctx.values()})
     _require_columns(table, ctx.values(), mapping)
-    sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line", "label", *ctx], skip_bad_rows)
     text_keys = [k for k in ("title", "categories", "description") if k in col]
+    inline_cols = [AUX + k for k in text_keys]
+    sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line", "label", *ctx, *inline_cols], skip_bad_rows)
     table.read_columns = sorted(set(col.values()) | set(ctx.values()))
-    inline: dict[str, dict] = {}
+    from_label = "rating" not in col
+    scale = tuple(map(float, rating_scale)) if rating_scale else ((0.0, 1.0) if from_label else (1.0, 5.0))
     file = str(path)
 
     def parse(make: Callable[[], dict], line: int) -> dict:
@@ -78,61 +87,90 @@ def read_table(path: Path, *, columns: dict[str, str] | None = None, sep: str | 
         }
         if "label" in col:
             row["label"] = _label(rec[col["label"]], file=file, line=line, field_name=col["label"])
-        row["rating"] = row["label"] if "rating" not in col else \
-            to_float(_blank_to_none(rec[col["rating"]]), file=file, line=line, field_name=col["rating"])
-        row["timestamp"] = line if "timestamp" not in col else parse_time(
-            rec[col["timestamp"]], file=file, line=line, field_name=col["timestamp"], unit=time_unit)
+        row["rating"] = rating(row["label"] if from_label else _blank_to_none(rec[col["rating"]]), file=file,
+                               line=line, field_name=col.get("rating", col.get("label")), bounds=scale)
+        row["timestamp"] = line if "timestamp" not in col else clock(
+            rec[col["timestamp"]], file=file, line=line, field_name=col["timestamp"])
         for key, name in ctx.items():
             row[key] = _value(rec[name])
-        if text_keys:
-            texts = inline.setdefault(row["item_id"], {})
-            for key in text_keys:
-                if not texts.get(key) and not is_missing(rec[col[key]]):
-                    texts[key] = _text(key, rec[col[key]])
+        for key in text_keys:
+            row[AUX + key] = "" if is_missing(rec[col[key]]) else _text(key, rec[col[key]])
         return row
 
-    for line, make in table.rows(sink):
-        sink.add(lambda make=make, line=line: parse(make, line))
-    extra = list(ctx) + (["label"] if "label" in col else [])
-    inter = interactions_frame(sink, path, extra_columns=extra)
-    if "label" in inter:
-        inter["label"] = inter["label"].astype("float64")
-    inter = _numeric_where_possible(inter, list(ctx))
+    fast = _fast_path(table, col, bool(ctx or text_keys), scale, time_unit)
+    if fast is not None:
+        inter, unit = fast
+    else:
+        for line, make in table.rows(sink):
+            sink.add(lambda make=make, line=line: parse(make, line))
+        extra = list(ctx) + (["label"] if "label" in col else []) + inline_cols
+        inter = interactions_frame(sink, path, extra_columns=extra)
+        if "label" in inter:
+            inter["label"] = inter["label"].astype("float64")
+        inter = _numeric_where_possible(inter, list(ctx))
+        unit = clock.resolved_unit
     require_rows(inter, path, [sink])
 
     item_sink, user_sink = RowSink([], skip_bad_rows), RowSink([], skip_bad_rows)
-    item_rows, item_feats = inline, []
+    item_rows, item_feats = {}, []
     if items_path:
         item_rows, item_feats = _read_side(Path(items_path), mapping, "item", col["item_id"], sep,
                                            set(inter["item_id"].unique()), item_sink)
-        for item, texts in inline.items():  # the side file wins; inline text fills its gaps
-            row = item_rows.setdefault(item, {})
-            for key, value in texts.items():
-                row[key] = row.get(key) or value
     user_rows, user_feats = ({}, [])
     if users_path:
         user_rows, user_feats = _read_side(Path(users_path), mapping, "user", col["user_id"], sep,
                                            set(inter["user_id"].unique()), user_sink)
 
-    from_label = "rating" not in col
     return RawDataset(
         name=base_name(path),
         domain=domain,
         interactions=inter,
         items=_numeric_where_possible(items_frame(inter["item_id"], item_rows, item_feats), item_feats),
         users=_numeric_where_possible(users_frame(inter["user_id"], user_rows, user_feats), user_feats),
-        label_threshold=float(label_threshold if label_threshold is not None else 1.0 if from_label else 4.0),
-        rating_scale=tuple(map(float, rating_scale or ((0, 1) if from_label else (1, 5)))),
+        label_threshold=float(label_threshold if label_threshold is not None else 1.0 if from_label
+                              else default_threshold(scale)),
+        rating_scale=scale,
         meta={
             "source": file,
             "items_source": str(items_path) if items_path else None,
             "users_source": str(users_path) if users_path else None,
-            "time_source": f"{col['timestamp']} ({time_unit})" if "timestamp" in col else FILE_ORDER,
+            "time_source": f"{col['timestamp']} ({unit or 'dates'})" if "timestamp" in col
+            else FILE_ORDER,
             "columns": col | ctx,
             "rating_from_label": from_label,
             **bad_row_meta(sink, item_sink, user_sink),
         },
+        derive_items=_inline_text(text_keys) if text_keys else None,
     )
+
+
+def _fast_path(table: _Table, col: dict[str, str], extras: bool, scale: tuple[float, float], time_unit: str):
+    """A plain log (ids, rating, epoch time; nothing else mapped) takes the vectorised read of _fast.py,
+    which returns None, leaving the line path to name the problem, whenever a line is doubtful."""
+    if table.ext not in TEXT_EXTS or extras or "label" in col:
+        return None
+    keys = [k for k in ("user_id", "item_id", "rating", "timestamp") if k in col]
+    fast = read_ratings_csv(table.path, {k: col[k] for k in keys}, scale, delimiter=table.delimiter, unit=time_unit)
+    if fast is not None:
+        table.close()
+    return fast
+
+
+def _inline_text(keys: list[str]):
+    def derive(train: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+        """Fill what the items file left empty with each item's first non-empty training value."""
+        train = train.sort_values("line", kind="stable")
+        items = items.copy()
+        for key in keys:
+            said = train[train[AUX + key].astype(str) != ""]
+            first = said.drop_duplicates("item_id").set_index("item_id")[AUX + key]
+            current = items[key].fillna("").astype(str)
+            empty = (current == "") | ((current == items["item_id"]) if key == "title" else False)
+            found = items["item_id"].map(first)
+            fill = empty & found.notna()
+            items.loc[fill, key] = found[fill].astype(str)
+        return items
+    return derive
 
 
 class _Table:
@@ -152,10 +190,14 @@ class _Table:
         elif self.ext in TEXT_EXTS:
             delimiter = sep or ("\t" if self.ext in ("tsv", "tab") else None)
             self._csv = CsvRows(path, delimiter=delimiter)
-            self.columns = self._csv.header
+            self.columns, self.delimiter = self._csv.header, self._csv.delimiter
         else:
             raise DataError(f"unsupported file type '.{self.ext}'; use one of "
                             f"{['.' + e for e in TEXT_EXTS + PARQUET_EXTS]} (text files may be .gz)", file=self.file)
+
+    def close(self) -> None:
+        if self.ext in TEXT_EXTS:
+            self._csv.close()
 
     def rows(self, sink: RowSink) -> Iterator[tuple[int, Callable[[], dict]]]:
         """`sink` receives the lines the csv module cannot parse, when it is in skip mode."""

@@ -12,9 +12,11 @@
 
 Choices: domain "hotel", ratings 1-5 with label threshold 4. Hotels have no titles here, so the
 title falls back to the id. The aspect terms (template[0], e.g. "room", "location") are item-level
-text: each item's `categories` is its up to 5 most frequent aspect terms (unless an items file gives
-categories). They are not put in per-interaction `ctx_` columns because they come from the review
-itself and would leak the rating into a model's input.
+text: each item's `categories` is its up to 5 most frequent aspect terms *in training reviews*
+(unless an items file gives categories). The reader keeps each review's term in `aux_aspect` and
+`prepare` counts them after the split (`RawDataset.derive_items`), so a test review never shapes
+what a model sees about its hotel. They are not per-interaction `ctx_` columns because they come
+from the review itself and would leak the rating into a model's input.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import pickle
 from collections import Counter
 from pathlib import Path
+
+import pandas as pd
 
 from reasonrec.data.readers._io import (
     CATEGORY_SEP, FILE_ORDER, bad_row_meta, clean_text, format_ext, id_field, interactions_frame, is_missing,
@@ -35,6 +39,7 @@ REVIEW_NAMES = ("reviews.pickle", "reviews.pickle.gz", "reviews.pkl", "reviews.p
                 "reviews.jsonl.gz", "reviews.json", "reviews.json.gz")
 ITEM_NAMES = ("items.jsonl", "items.jsonl.gz", "items.json", "items.json.gz")
 TOP_ASPECTS = 5
+ASPECT = "aux_aspect"
 # The globals a pickle of plain Python containers may reference: protocols 0-3 name set/frozenset/
 # bytearray/complex, and protocols 0-2 rebuild bytes with `_codecs.encode(text, "latin1")`, a pure
 # string transform. Everything else (classes, functions such as os.system) is refused.
@@ -73,8 +78,7 @@ def read_tripadvisor(path: Path, *, skip_bad_rows: bool = False) -> RawDataset:
     reviews = path if path.is_file() else _find(path, REVIEW_NAMES, required=True)
     items_file = _find(reviews.parent, ITEM_NAMES, required=False)
     file = str(reviews)
-    sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line"], skip_bad_rows)
-    aspects: dict[str, Counter] = {}
+    sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line", ASPECT], skip_bad_rows)
     titles: dict[str, str] = {}
 
     if format_ext(reviews) in ("pickle", "pkl"):
@@ -100,10 +104,8 @@ def read_tripadvisor(path: Path, *, skip_bad_rows: bool = False) -> RawDataset:
             "timestamp": line if time_source == FILE_ORDER else parse_time(
                 require(rec, time_source, file=file, line=line), file=file, line=line, field_name=time_source),
             "line": line,
+            ASPECT: _aspect(rec.get("template")),
         }
-        aspect = _aspect(rec.get("template"))
-        if aspect:
-            aspects.setdefault(row["item_id"], Counter())[aspect] += 1
         if not is_missing(rec.get("title")):
             titles.setdefault(row["item_id"], clean_text(rec["title"]))
         return row
@@ -112,15 +114,12 @@ def read_tripadvisor(path: Path, *, skip_bad_rows: bool = False) -> RawDataset:
         if time_source is None:
             time_source = "time" if "time" in rec else "date" if "date" in rec else FILE_ORDER
         sink.add(lambda rec=rec, line=line: parse(rec, line))
-    inter = interactions_frame(sink, reviews)
+    inter = interactions_frame(sink, reviews, extra_columns=[ASPECT])
+    inter[ASPECT] = inter[ASPECT].astype(str)
     require_rows(inter, reviews, [sink])
 
     item_sink = RowSink([], skip_bad_rows)
     rows = _read_items(items_file, item_sink) if items_file else {}
-    for item, counts in aspects.items():
-        row = rows.setdefault(item, {})
-        if not row.get("categories"):
-            row["categories"] = CATEGORY_SEP.join(term for term, _ in counts.most_common(TOP_ASPECTS))
     for item, title in titles.items():
         row = rows.setdefault(item, {})
         row["title"] = row.get("title") or title
@@ -133,6 +132,7 @@ def read_tripadvisor(path: Path, *, skip_bad_rows: bool = False) -> RawDataset:
         users=users_frame(inter["user_id"]),
         label_threshold=4.0,
         rating_scale=(1.0, 5.0),
+        derive_items=aspect_categories,
         meta={
             "source": file,
             "items_source": str(items_file) if items_file else None,
@@ -141,6 +141,17 @@ def read_tripadvisor(path: Path, *, skip_bad_rows: bool = False) -> RawDataset:
             **bad_row_meta(sink, item_sink),
         },
     )
+
+
+def aspect_categories(train: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Items without categories get their top aspect terms among `train` (ties: first seen in the file)."""
+    said = train[train[ASPECT].astype(str) != ""].sort_values("line", kind="stable")
+    top = {item: CATEGORY_SEP.join(term for term, _ in Counter(terms).most_common(TOP_ASPECTS))
+           for item, terms in said.groupby("item_id", sort=False)[ASPECT]}
+    items = items.copy()
+    empty = items["categories"].fillna("").astype(str) == ""
+    items.loc[empty, "categories"] = items.loc[empty, "item_id"].map(top).fillna("").astype(str)
+    return items
 
 
 def _find(folder: Path, names: tuple[str, ...], *, required: bool) -> Path | None:

@@ -9,10 +9,12 @@ review_count`.
 
 Choices: domain "restaurant", stars 1-5 with label threshold 4. `restaurants_only=True` keeps
 businesses having the category "Restaurants" or "Food" (whole category names, so "Pet Food Stores"
-does not count); reviews of other or unknown businesses are dropped and counted in
-`meta["dropped"]`. Items: title = name, categories as given, description = "Located in <city>,
-<state>." (the dataset has no free text about a business), features `feat_city`, `feat_state`,
-`feat_stars`, `feat_review_count`. The large user file is not read: users get no features.
+does not count); reviews of other businesses, and of businesses the business file lacks, are
+dropped, counted per reason in `meta["dropped"]` and listed in the rejects. Items: title = name,
+categories as given, description = "Located in <city>, <state>." (the dataset has no free text
+about a business), numeric features `feat_stars`, `feat_review_count` (NaN when absent), text
+features `feat_city`, `feat_state`. Hour/weekday context comes from the review `date` in prepare.
+The large user file is not read: users get no features.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ def read_yelp(path: Path, *, skip_bad_rows: bool = False, restaurants_only: bool
     kept = {b for b, row in businesses.items() if _is_food(row["categories"])} if restaurants_only else None
 
     sink = RowSink(["user_id", "item_id", "rating", "timestamp", "line"], skip_bad_rows)
-    dropped = {"not a restaurant": 0}
     file = str(reviews)
 
     def parse(rec: dict, line: int) -> dict | None:
@@ -57,14 +58,15 @@ def read_yelp(path: Path, *, skip_bad_rows: bool = False, restaurants_only: bool
             "line": line,
         }
         if kept is not None and row["item_id"] not in kept:
-            dropped["not a restaurant"] += 1
+            reason = "not a restaurant" if row["item_id"] in businesses else "business not in the business file"
+            sink.drop(reason, file=file, line=line, field="business_id")
             return None
         return row
 
     for line, rec in iter_json_lines(reviews, sink=sink):
         sink.add(lambda rec=rec, line=line: parse(rec, line))
     inter = interactions_frame(sink, reviews)
-    require_rows(inter, reviews, [sink, biz_sink], dropped)
+    require_rows(inter, reviews, [sink, biz_sink], sink.dropped)
 
     return RawDataset(
         name="yelp",
@@ -80,7 +82,6 @@ def read_yelp(path: Path, *, skip_bad_rows: bool = False, restaurants_only: bool
             "users_source": None,
             "time_source": "date",
             "restaurants_only": restaurants_only,
-            "dropped": dropped,
             **bad_row_meta(sink, biz_sink),
         },
     )
