@@ -13,12 +13,13 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
 
-from reasonrec.errors import ReasonrecError
+from reasonrec.errors import BackendUnavailable, ReasonrecError
 from reasonrec.llm import get_backend, model_id_of
 from reasonrec.llm.base import GenerationParams, Prompt
 from reasonrec.llm.openai_http import OpenAIHTTPBackend, chatml
@@ -34,8 +35,15 @@ def _reply(text: str, stop_reason=None, finish="stop", chat=True) -> dict:
     return {"choices": [choice], "usage": {"prompt_tokens": 11, "completion_tokens": 5}}
 
 
-def _mock(handler, **kwargs) -> OpenAIHTTPBackend:
-    return OpenAIHTTPBackend("m", "http://llm.test/v1", transport=httpx.MockTransport(handler),
+def _mock(handler, models: bool = True, **kwargs) -> OpenAIHTTPBackend:
+    """A client of `handler`; with `models`, GET /v1/models (the check before the first prompt) is
+    answered here, so that `handler` sees only generation requests."""
+    def route(request):
+        if models and request.url.path == "/v1/models":
+            return _models(request)
+        return handler(request)
+
+    return OpenAIHTTPBackend("m", "http://llm.test/v1", transport=httpx.MockTransport(route),
                              backoff=0.001, **kwargs)
 
 
@@ -122,6 +130,145 @@ def test_factory_and_capabilities():
             bad("openai:no-url")
 
 
+# -- a dead or dying server: preflight check and circuit breaker --------------------------------
+
+URL = "http://llm.test/v1"
+
+
+def _models(request):
+    return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+
+def _refused(message="[Errno 111] Connection refused"):
+    try:
+        raise ConnectionRefusedError(111, "Connection refused")
+    except ConnectionRefusedError as cause:
+        raise httpx.ConnectError(message) from cause
+
+
+def _unresolvable():
+    try:
+        raise socket.gaierror(-2, "Name or service not known")
+    except socket.gaierror as cause:
+        raise httpx.ConnectError("[Errno -2] Name or service not known") from cause
+
+
+@pytest.mark.parametrize("fail, cause", [
+    (_refused, "connection refused"),
+    (_unresolvable, "the host name does not resolve"),
+    (lambda: (_ for _ in ()).throw(httpx.ConnectTimeout("timed out")), "connection timed out"),
+    (lambda: (_ for _ in ()).throw(httpx.ReadTimeout("timed out")), "the server did not answer in time"),
+    (lambda: (_ for _ in ()).throw(httpx.RemoteProtocolError("Server disconnected")), "the server closed the connection"),
+])
+def test_check_names_the_url_and_the_cause(fail, cause):
+    def handler(request):
+        fail()
+
+    b = _mock(handler, models=False)
+    with pytest.raises(BackendUnavailable, match=f"LLM server {URL} is unreachable: GET {URL}/models: {cause}"):
+        b.generate([PROMPT], SHORT)
+
+
+def test_check_refused_key_names_the_variable_never_the_key(monkeypatch):
+    monkeypatch.setenv("MY_LLM_KEY", "sk-secret-123")
+    b = _mock(lambda r: httpx.Response(401, json={"error": {"message": "Incorrect API key provided: sk-secret-123"}}),
+              api_key_env="MY_LLM_KEY", models=False)
+    with pytest.raises(BackendUnavailable) as err:
+        b.check()
+    assert "HTTP 401" in str(err.value) and "$MY_LLM_KEY, which is set" in str(err.value)
+    assert "sk-secret" not in str(err.value)
+    monkeypatch.delenv("MY_LLM_KEY")
+    with pytest.raises(BackendUnavailable, match=r"\$MY_LLM_KEY, which is not set"):
+        _mock(lambda r: httpx.Response(403, text="forbidden"), api_key_env="MY_LLM_KEY", models=False).check()
+
+
+def test_check_passes_servers_without_a_model_list_and_fails_broken_ones():
+    def no_list(request):
+        if request.url.path == "/v1/models":
+            return httpx.Response(404, text="Not Found")
+        return httpx.Response(200, json=_reply(" Jaws."))
+
+    assert _mock(no_list, models=False).generate([PROMPT], SHORT)[0].text == " Jaws."
+    with pytest.raises(BackendUnavailable, match="not ready: .*HTTP 503: loading"):
+        _mock(lambda r: httpx.Response(503, text="loading"), models=False).check()
+
+
+def test_unknown_model_error_lists_what_the_server_serves():
+    def handler(request):
+        if request.url.path == "/v1/models":
+            return _models(request)
+        return httpx.Response(404, json={"error": {"message": "The model `foo` does not exist."}})
+
+    b = OpenAIHTTPBackend("foo", URL, transport=httpx.MockTransport(handler))
+    with pytest.raises(ReasonrecError, match=r"HTTP 404: The model `foo` does not exist. \(the server lists: m\)"):
+        b.generate([PROMPT], SHORT)
+
+
+class _Dies:
+    """Answers `answers` prompts, then every request fails like a dead server (connection refused)."""
+
+    def __init__(self, answers: int):
+        self.answers, self.posts, self.alive = answers, 0, True
+        self.lock = threading.Lock()
+
+    def __call__(self, request):
+        if request.url.path == "/v1/models":
+            if not self.alive:
+                _refused()
+            return _models(request)
+        with self.lock:
+            self.posts += 1
+            if self.posts > self.answers:
+                self.alive = False
+        if not self.alive:
+            _refused()
+        return httpx.Response(200, json=_reply(" Jaws."))
+
+
+def test_breaker_stops_the_batch_after_a_run_of_transport_failures():
+    server = _Dies(answers=3)
+    b = _mock(server, models=False, concurrency=2, retries=2)  # opens after 2 * 3 = 6 failures in a row
+    with pytest.raises(BackendUnavailable, match=f"LLM server {URL} stopped answering: .* connection refused"):
+        b.generate([PROMPT] * 50, SHORT)
+    failed = server.posts - server.answers
+    # the thread that did not trip it may have one request in flight; nothing else is sent
+    assert 6 <= failed <= 7
+    # the next call asks the server first and fails at once
+    with pytest.raises(BackendUnavailable, match="is unreachable: GET .*/models: connection refused"):
+        b.generate([PROMPT], SHORT)
+    assert server.posts - server.answers == failed
+    server.alive, server.answers = True, 10 ** 6  # back up: the same client works again
+    assert [g.finish_reason for g in b.generate([PROMPT] * 3, SHORT)] == ["stop"] * 3
+
+
+def test_a_small_call_trips_after_the_retries_of_its_own_requests():
+    server = _Dies(answers=0)
+    b = _mock(server, concurrency=8, retries=2)
+    with pytest.raises(BackendUnavailable, match="3 attempts in a row failed"):
+        b.generate([PROMPT], SHORT)  # one request in flight: its 3 attempts are the whole run
+    assert server.posts == 3
+
+
+def test_any_answer_resets_the_breaker():
+    calls = []
+
+    def flaky(request):  # every other request is refused: a server that always answers the retry
+        calls.append(1)
+        if len(calls) % 2:
+            _refused()
+        return httpx.Response(200, json=_reply(" Jaws."))
+
+    b = _mock(flaky, concurrency=1, retries=1)  # would open after 2 failures in a row
+    gens = b.generate([PROMPT] * 10, SHORT)
+    assert [g.finish_reason for g in gens] == ["stop"] * 10 and len(calls) == 20
+
+
+def test_5xx_answers_are_not_transport_failures():
+    b = _mock(lambda r: httpx.Response(502, text="bad gateway"), concurrency=1, retries=1, max_unreachable=1)
+    gens = b.generate([PROMPT] * 3, SHORT)  # the server answered each time: retried, reported, not tripped
+    assert all(g.finish_reason == "error" and "HTTP 502" in g.error for g in gens)
+
+
 # -- against a real server process ------------------------------------------------------------
 
 MODEL = "smol"
@@ -191,9 +338,13 @@ def test_server_answers_like_the_embedded_backend(server):
 def test_client_timeout_becomes_an_error_generation(server, hooks):
     hooks(delay_s=3.0)
     t = time.monotonic()
-    (g,) = _client(server, timeout=0.5, retries=1).generate([PROMPT], SHORT)
-    assert g.finish_reason == "error" and "Timeout" in g.error
+    # a breaker that tolerates more than this prompt's two attempts: its failure stays its own
+    (g,) = _client(server, timeout=0.5, retries=1, max_unreachable=3).generate([PROMPT], SHORT)
+    assert g.finish_reason == "error" and "ReadTimeout" in g.error and "did not answer in time" in g.error
     assert time.monotonic() - t < 3.0  # gave up after two 0.5 s attempts, did not wait for the server
+    # by default, the only request in flight timing out on every attempt means nothing gets through
+    with pytest.raises(BackendUnavailable, match="stopped answering: 2 attempts in a row failed.*did not answer"):
+        _client(server, timeout=0.5, retries=1).generate([PROMPT], SHORT)
 
 
 @pytest.mark.slow

@@ -25,3 +25,8 @@ class DataError(ReasonrecError):
 
 class AssetMissing(ReasonrecError):
     """An embedded model or dataset package is not installed."""
+
+
+class BackendUnavailable(ReasonrecError):
+    """An LLM server cannot be reached or refuses us (names the URL and the cause). Nothing that
+    failed this way is stored, so a rerun generates it."""
