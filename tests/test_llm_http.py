@@ -8,6 +8,7 @@ prompt inside a batch, and clear errors for 4xx.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -267,6 +269,136 @@ def test_5xx_answers_are_not_transport_failures():
     b = _mock(lambda r: httpx.Response(502, text="bad gateway"), concurrency=1, retries=1, max_unreachable=1)
     gens = b.generate([PROMPT] * 3, SHORT)  # the server answered each time: retried, reported, not tripped
     assert all(g.finish_reason == "error" and "HTTP 502" in g.error for g in gens)
+
+
+# -- a real HTTP server that dies in the middle of a run ---------------------------------------
+
+class _TinyServer:
+    """An OpenAI-compatible server in a thread: lists one model and answers chat requests with a
+    sentence derived from the prompt, until `answers` of them; the next request then finds the
+    process "dead": `mode="refuse"` drops that connection and closes the listening socket (a
+    crashed server: connection refused from then on); `mode="drop"` keeps accepting and closes
+    every connection without answering (a wedged proxy)."""
+
+    def __init__(self, answers: int = 10 ** 6, mode: str = "refuse", port: int = 0):
+        self.answers, self.mode, self.answered, self.after_death = answers, mode, [], 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    self._json({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
+                else:
+                    self._json({"error": {"message": "no such path"}}, 404)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    dead = len(outer.answered) >= outer.answers
+                    if dead:
+                        outer.after_death += 1
+                    else:
+                        outer.answered.append(json.dumps(body["messages"]))
+                if dead:
+                    self.close_connection = True
+                    if outer.mode == "refuse":
+                        threading.Thread(target=outer.stop, daemon=True).start()
+                    return
+                self._json(_reply(outer.reply(json.dumps(body["messages"]))))
+
+            def _json(self, data, status=200):
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+        self._stopped = False
+
+    @staticmethod
+    def reply(messages: str) -> str:
+        return f" the consumer likes {hashlib.sha1(messages.encode()).hexdigest()[:8]} and it fits the history well."
+
+    def stop(self):
+        with self.lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    from reasonrec.data.prepare import PrepareConfig, prepare
+    from reasonrec.data.readers import read
+
+    return prepare(read("ml-100k"), PrepareConfig(max_users=3, last_n_per_user=4))
+
+
+def _explainer(url, store, **backend):
+    from reasonrec.explain.generate import ExplainConfig, Explainer
+    from reasonrec.explain.templates import load_templates
+
+    backend = get_backend(f"openai:tiny@{url}", backoff=0.01, **backend)
+    return Explainer(backend, store, load_templates("movie"), ExplainConfig(profiles=False, batch_size=2))
+
+
+@pytest.mark.parametrize("mode", ["refuse", "drop"])
+def test_server_dying_mid_run_stops_the_run_and_the_rerun_resumes(tiny_data, tmp_path, mode):
+    from reasonrec.explain.store import ExplanationStore
+
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    server = _TinyServer(answers=7, mode=mode)
+    try:
+        ex = _explainer(server.url, store, concurrency=2, retries=2)
+        cause = "connection refused" if mode == "refuse" else "closed the connection without answering"
+        with pytest.raises(BackendUnavailable, match=f"LLM server {server.url} stopped answering: .*{cause}") as err:
+            ex.run(tiny_data.samples, tiny_data.items, progress=False)
+        # batches of 4 texts (2 samples x positive/negative): the second batch got 3 answers, its 4th
+        # text failed after its retries (3 failures in a row), the third batch added 3 more: 6 = open
+        assert "stopped with 7 of 24 texts made and stored" in str(err.value)
+        if mode == "drop":  # every attempt reached the server: 6 in a row, + 1 in flight at most
+            assert 6 <= server.after_death <= 7
+    finally:
+        server.stop()
+    stored = store.frame()
+    assert sorted(stored["raw"]) == sorted(_TinyServer.reply(m) for m in server.answered)
+    assert len(stored) == 7 and set(stored["status"]) == {"ok"}
+
+    revived = _TinyServer(port=server.httpd.server_address[1])  # same URL: the URL is part of the model id
+    try:
+        summary = _explainer(revived.url, store).run(tiny_data.samples, tiny_data.items, progress=False)[-1]
+    finally:
+        revived.stop()
+    assert summary.cached == 7 and summary.generated == 17 and summary.errors == 0
+    assert not set(revived.answered) & set(server.answered)  # nothing answered before is asked again
+    assert len(store.frame()) == 24
+
+
+def test_explain_cli_exits_fast_on_a_closed_port(tmp_path, tiny_data):
+    data = tiny_data.save(tmp_path / "data")
+    store = tmp_path / "store.sqlite"
+    with socket.socket() as closed:  # bound but not listening: connecting is refused, and no one can take it
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+        done = subprocess.run([sys.executable, "-m", "reasonrec.cli", "explain", "--dataset", str(data),
+                               "--llm", f"openai:foo@{url}", "--store", str(store)],
+                              capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert f"error: LLM server {url} is unreachable: GET {url}/models: connection refused" in done.stderr
+    from reasonrec.explain.store import ExplanationStore
+
+    assert ExplanationStore(store).count() == 0
 
 
 # -- against a real server process ------------------------------------------------------------
