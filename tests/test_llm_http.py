@@ -1,9 +1,11 @@
 """The OpenAI-compatible HTTP backend.
 
-Unit tests drive the client through an httpx MockTransport (request shapes, retries, parsing).
+Unit tests drive the client through an httpx MockTransport (request shapes, retries, parsing,
+the check before the first prompt, the circuit breaker). A threaded HTTP server in the test
+process dies in the middle of an explanation run, and `reasonrec explain` meets a closed port.
 The slow tests start our own server (`python -m reasonrec.llm.server`, uvicorn, the real SmolLM2)
 on a free port in a subprocess and check real answers, a client timeout, retried 500s, a failed
-prompt inside a batch, and clear errors for 4xx.
+prompt inside a batch, clear errors for 4xx, and a run whose server is killed half-way.
 """
 
 from __future__ import annotations
@@ -412,26 +414,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    port = _free_port()
+def _start_server(port: int) -> subprocess.Popen:
+    """`python -m reasonrec.llm.server` on `port`, once it answers GET /v1/models."""
     env = {**os.environ, "REASONREC_SERVER_TEST_HOOKS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "reasonrec.llm.server", "--port", str(port), "--threads", "1",
                              "--model-name", MODEL], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     try:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{proc.stdout.read().decode()[-3000:]}")
             try:
-                httpx.get(f"{url}/v1/models", timeout=2)
-                break
+                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                return proc
             except httpx.TransportError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
-        yield url
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    proc = _start_server(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -501,3 +512,52 @@ def test_4xx_from_the_server_is_a_clear_error(server):
         get_backend(f"openai:nope@{server}/v1").generate([PROMPT], SHORT)
     with pytest.raises(ReasonrecError, match=r"HTTP 422.*max_tokens"):
         _client(server).generate([PROMPT], GenerationParams(max_new_tokens=0))
+
+
+@pytest.mark.slow
+def test_explain_stops_when_the_real_server_is_killed_and_the_rerun_resumes(tmp_path, tiny_data):
+    import sqlite3
+
+    data = tiny_data.save(tmp_path / "data")
+    store = tmp_path / "store.sqlite"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    cmd = [sys.executable, "-m", "reasonrec.cli", "explain", "--dataset", str(data), "--llm", f"openai:{MODEL}@{url}",
+           "--no-profiles", "--max-samples", "4", "--batch-size", "1", "--store", str(store)]
+
+    def rows() -> dict:
+        try:
+            with sqlite3.connect(store, timeout=30) as con:
+                return {k: (c, r) for k, c, r in con.execute("SELECT key, created, raw FROM generations")}
+        except sqlite3.OperationalError:  # not created yet
+            return {}
+
+    server = _start_server(port)
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(rows()) < 2 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.kill()  # mid-run: a request is in flight, then nothing listens
+        server.wait()
+        killed = time.monotonic()
+        _, err = run.communicate(timeout=30)
+        print(f"explain exited {time.monotonic() - killed:.1f} s after the server was killed")
+    finally:
+        run.kill()
+        server.kill()
+    assert run.returncode != 0, err
+    assert f"error: LLM server {url} stopped answering" in err and "attempts in a row failed" in err
+    before = rows()
+    assert 2 <= len(before) < 8 and all(raw for _, raw in before.values())  # only what the model wrote
+
+    server = _start_server(port)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = rows()
+    assert len(after) == 8 and all(after[k] == v for k, v in before.items())  # kept, not regenerated
+    assert f"{len(before)} cached, {8 - len(before)} generated" in done.stdout
