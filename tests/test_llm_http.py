@@ -232,8 +232,11 @@ class _Dies:
 def test_breaker_stops_the_batch_after_a_run_of_transport_failures():
     server = _Dies(answers=3)
     b = _mock(server, models=False, concurrency=2, retries=2)  # opens after 2 * 3 = 6 failures in a row
-    with pytest.raises(BackendUnavailable, match=f"LLM server {URL} stopped answering: .* connection refused"):
+    with pytest.raises(BackendUnavailable, match=f"LLM server {URL} stopped answering: .* connection refused") as err:
         b.generate([PROMPT] * 50, SHORT)
+    # the 3 answers come back with the error; the rest failed (error) or were never sent (None)
+    assert [g.finish_reason for g in err.value.partial[:3]] == ["stop"] * 3
+    assert all(g is None or g.finish_reason == "error" for g in err.value.partial[3:])
     failed = server.posts - server.answers
     # the thread that did not trip it may have one request in flight; nothing else is sent
     assert 6 <= failed <= 7
@@ -360,29 +363,29 @@ def test_server_dying_mid_run_stops_the_run_and_the_rerun_resumes(tiny_data, tmp
     from reasonrec.explain.store import ExplanationStore
 
     store = ExplanationStore(tmp_path / "e.sqlite")
-    server = _TinyServer(answers=7, mode=mode)
+    server = _TinyServer(answers=5, mode=mode)
     try:
         ex = _explainer(server.url, store, concurrency=2, retries=2)
         cause = "connection refused" if mode == "refuse" else "closed the connection without answering"
         with pytest.raises(BackendUnavailable, match=f"LLM server {server.url} stopped answering: .*{cause}") as err:
             ex.run(tiny_data.samples, tiny_data.items, progress=False)
-        # batches of 4 texts (2 samples x positive/negative): the second batch got 3 answers, its 4th
-        # text failed after its retries (3 failures in a row), the third batch added 3 more: 6 = open
-        assert "stopped with 7 of 24 texts made and stored" in str(err.value)
+        # batches of 4 texts (2 samples x positive/negative): the second batch got one answer, then
+        # two threads x 3 attempts failed: 6 in a row open the breaker; the one answer is kept
+        assert "stopped with 5 of 24 texts made and stored" in str(err.value)
         if mode == "drop":  # every attempt reached the server: 6 in a row, + 1 in flight at most
             assert 6 <= server.after_death <= 7
     finally:
         server.stop()
     stored = store.frame()
     assert sorted(stored["raw"]) == sorted(_TinyServer.reply(m) for m in server.answered)
-    assert len(stored) == 7 and set(stored["status"]) == {"ok"}
+    assert len(stored) == 5 and set(stored["status"]) == {"ok"}
 
     revived = _TinyServer(port=server.httpd.server_address[1])  # same URL: the URL is part of the model id
     try:
         summary = _explainer(revived.url, store).run(tiny_data.samples, tiny_data.items, progress=False)[-1]
     finally:
         revived.stop()
-    assert summary.cached == 7 and summary.generated == 17 and summary.errors == 0
+    assert summary.cached == 5 and summary.generated == 19 and summary.errors == 0
     assert not set(revived.answered) & set(server.answered)  # nothing answered before is asked again
     assert len(store.frame()) == 24
 

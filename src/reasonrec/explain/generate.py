@@ -182,6 +182,8 @@ class Explainer:
             try:
                 results = self.backend.generate_groups([[j.prompt for j in g] for g in groups], batch[0].params)
             except BackendUnavailable as err:
+                if err.partial is not None:  # what the server answered before it went away
+                    self._store(groups, err.partial, summary)
                 bar.close()
                 raise BackendUnavailable(f"{err}\n{stage}: stopped with {summary.generated} of {len(pending)} texts "
                                          "made and stored; a rerun makes the rest") from None
@@ -193,26 +195,31 @@ class Explainer:
                 bar.write(f"{stage}: batch of {len(batch)} failed: {type(err).__name__}: {err}")
                 bar.update(len(batch))
                 continue
-            entries = []
-            for group, outs in zip(groups, results):
-                for job, gen in zip(group, outs):
-                    entry = self._entry(job, gen)
-                    if entry is None:
-                        summary.errors += 1
-                        continue
-                    entries.append(entry)
-                    summary.generated += 1
-                    summary.new_tokens += gen.tokens
-                    summary.prompt_tokens += gen.prompt_tokens
-                    summary.repaired += entry.status == "repaired"
-                    summary.failed += entry.status == "failed"
-            self.store.put_many(entries)
+            self._store(groups, results, summary)
             bar.update(len(batch))
             summary.seconds = time.perf_counter() - started
             bar.set_postfix(rate=f"{summary.per_second:.2f}/s", failed=summary.failed)
         bar.close()
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _store(self, groups: list[list[_Job]], results: list[list[Generation | None]], summary: RunSummary) -> None:
+        """One commit for a batch's answers; backend errors (and prompts never answered: None) are
+        counted, not stored, so a rerun asks again."""
+        entries = []
+        for group, outs in zip(groups, results):
+            for job, gen in zip(group, outs):
+                entry = self._entry(job, gen) if gen is not None else None
+                if entry is None:
+                    summary.errors += 1
+                    continue
+                entries.append(entry)
+                summary.generated += 1
+                summary.new_tokens += gen.tokens
+                summary.prompt_tokens += gen.prompt_tokens
+                summary.repaired += entry.status == "repaired"
+                summary.failed += entry.status == "failed"
+        self.store.put_many(entries)
 
     def _batches(self, jobs: list[_Job]) -> list[list[_Job]]:
         """Batches of whole groups with equal decoding params, in order of prompt length."""

@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
-from reasonrec.errors import ReasonrecError
+from reasonrec.errors import BackendUnavailable, ReasonrecError
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,17 @@ class ModelIdOnly:
 def generate_flat(backend: LLMBackend, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
     """`generate_groups` for backends without prefix sharing: one flat call, members kept adjacent
     (so a server-side prefix cache sees a group's prompts close together)."""
-    flat = backend.generate([p for g in groups for p in g], params)
+    try:
+        flat = backend.generate([p for g in groups for p in g], params)
+    except BackendUnavailable as err:
+        if err.partial is not None:
+            err.partial = _regroup(groups, err.partial)
+        raise
+    return _regroup(groups, flat)
+
+
+def _regroup(groups: list[list], flat: list) -> list[list]:
+    """`flat` (one entry per member of `groups`, in order) cut into lists the sizes of `groups`."""
     out, i = [], 0
     for g in groups:
         out.append(flat[i:i + len(g)])

@@ -179,14 +179,19 @@ class OpenAIHTTPBackend:
             self.check()
         workers = min(self.concurrency, len(prompts))
         self._limit = self.max_unreachable or workers * (self.retries + 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self._one, p, params) for p in prompts]
-            try:
-                return [f.result() for f in futures]
-            except ReasonrecError:
-                for f in futures:
-                    f.cancel()
-                raise
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(self._one, p, params) for p in prompts]
+                try:
+                    return [f.result() for f in futures]
+                except ReasonrecError:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        except BackendUnavailable as err:  # the pool has drained: keep what was answered before the trip
+            err.partial = [f.result() if f.done() and not f.cancelled() and f.exception() is None else None
+                           for f in futures]
+            raise
 
     def generate_groups(self, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
         return generate_flat(self, groups, params)
