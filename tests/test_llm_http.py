@@ -406,6 +406,33 @@ def test_explain_cli_exits_fast_on_a_closed_port(tmp_path, tiny_data):
     assert ExplanationStore(store).count() == 0
 
 
+def test_backend_options_keep_what_each_kind_takes():
+    from reasonrec.llm import backend_options
+
+    assert backend_options("gguf:/m.gguf", threads=2) == {"threads": 2}
+    assert backend_options("openai:m@http://h/v1", threads=2, concurrency=32) == {"concurrency": 32}
+    assert backend_options("vllm:m", threads=2) == {}
+    with pytest.raises(ReasonrecError, match="--concurrency 4: only openai"):
+        backend_options("gguf:/m.gguf", concurrency=4)
+
+
+def test_explain_workers_share_a_server(tmp_path, tiny_data):
+    data = tiny_data.save(tmp_path / "data")
+    store = tmp_path / "store.sqlite"
+    server = _TinyServer()
+    try:  # the workers get --threads (the embedded model's), which a server backend must ignore
+        cmd = [sys.executable, "-m", "reasonrec.cli", "explain", "--dataset", str(data), "--llm",
+               f"openai:tiny@{server.url}", "--store", str(store), "--workers", "2", "--concurrency", "3"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "0 cached, 24 generated" in done.stdout
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert "24 cached, 0 generated" in again.stdout
+    finally:
+        server.stop()
+    assert len(server.answered) == 26 + 24  # profiles, then 12 samples x 2 texts, each asked once
+
+
 # -- against a real server process ------------------------------------------------------------
 
 MODEL = "smol"
