@@ -6,7 +6,9 @@ because ..."): each backend renders it the way its model expects, so templates n
 model-specific chat markup.
 
 Backends declare what they support so callers (the explanation engine, the ExpCTR judge) can pick
-the fast path without isinstance checks.
+the fast path without isinstance checks. A backend that talks to a server may also have `check()`,
+which raises `BackendUnavailable` when the server cannot serve; the Explainer calls it before it
+sends the first prompt of a run, so a dead server is reported before any work is queued.
 """
 
 from __future__ import annotations
