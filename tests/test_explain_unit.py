@@ -161,6 +161,21 @@ def test_backend_errors_are_retried_on_the_next_run(tiny, tmp_path):
     assert second.generated == first.errors and second.cached == first.generated
 
 
+def test_a_backend_refusing_to_go_on_stops_the_run_and_keeps_earlier_batches(tiny, tmp_path):
+    class Refuses(FakeLLM):  # answers two batches, then the server says the model is gone
+        def generate_groups(self, groups, params):
+            if len(self.calls) == 2:
+                raise ReasonrecError("HTTP 404: The model `m` does not exist.")
+            return super().generate_groups(groups, params)
+
+    store = ExplanationStore(tmp_path / "e.sqlite")
+    llm = Refuses()
+    ex = Explainer(llm, store, load_templates("movie"), ExplainConfig(profiles=False, batch_size=2))
+    with pytest.raises(ReasonrecError, match="does not exist"):
+        ex.run(tiny.samples, tiny.items, progress=False)
+    assert len(llm.calls) == 2 and store.count() == 8  # not one call per remaining batch; 2 x 4 texts kept
+
+
 def test_retry_failed_regenerates_only_the_failed(tiny, tmp_path):
     store = ExplanationStore(tmp_path / "e.sqlite")
     llm = FakeLLM(reply=lambda p: " 1." if "did not" in p.prefix else " it is a fine film.")

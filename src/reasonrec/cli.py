@@ -121,13 +121,15 @@ def explain(
                                                      "batch from the cores other jobs leave free]"),
     workers: int = typer.Option(1, help="worker processes, one shard each, sharing the store: on a small CPU, "
                                         "N single-threaded workers beat one N-threaded process"),
+    concurrency: Optional[int] = typer.Option(None, min=1, help="requests in flight to an openai: server, per "
+                                                                "process [default: 8]"),
 ):
     """Generate (or complete) the explanations of a prepared dataset into the store."""
     from reasonrec.data.prepare import load_prepared
     from reasonrec.explain.generate import ExplainConfig, Explainer, needed_items, shard_samples
     from reasonrec.explain.store import ExplanationStore
     from reasonrec.explain.templates import load_templates
-    from reasonrec.llm import get_backend
+    from reasonrec.llm import backend_options, get_backend
 
     if workers > 1 and shard:
         raise ReasonrecError("--workers starts its own shards: give either --workers or --shard")
@@ -140,7 +142,7 @@ def explain(
     if shard:
         samples = shard_samples(samples, shard)
     domain = data.card.get("domain", "movie")
-    explainer = Explainer(get_backend(llm, **({"threads": threads} if threads else {})), ExplanationStore(store),
+    explainer = Explainer(get_backend(llm, **backend_options(llm, threads, concurrency)), ExplanationStore(store),
                           load_templates(domain),
                           ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size,
                                         retry_failed=retry_failed))
@@ -158,6 +160,7 @@ def explain(
         args += [x for s in split or [] for x in ("--split", s)]
         args += ["--max-samples", str(max_samples)] if max_samples is not None else []
         args += ["--retry-failed"] if retry_failed else []
+        args += ["--concurrency", str(concurrency)] if concurrency else []
         summaries = [s for s in [profile_summary] if s is not None]
         summaries += [s for s in run_workers(args, workers, threads) if s.stage != "profiles"]
     else:

@@ -25,3 +25,15 @@ class DataError(ReasonrecError):
 
 class AssetMissing(ReasonrecError):
     """An embedded model or dataset package is not installed."""
+
+
+class BackendUnavailable(ReasonrecError):
+    """An LLM server cannot be reached or refuses us (names the URL and the cause). Nothing that
+    failed this way is stored, so a rerun generates it.
+
+    partial: when a call stopped half-way, what it got back, shaped like the call's result, None
+    where a prompt got no answer: texts the server did answer need not be asked for again."""
+
+    def __init__(self, message: str, partial: list | None = None):
+        super().__init__(message)
+        self.partial = partial

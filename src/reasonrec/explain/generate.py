@@ -4,6 +4,10 @@ Everything goes through the store: a prompt whose key is already there is never 
 results are committed batch by batch, so a killed job resumes where it stopped. Prompts are sent
 in order of length so that batches pad little, and a sample's positive and negative prompt travel
 together so backends that can share their common prefix compute it once.
+
+A backend that says it cannot go on (a server that cannot be reached, a refused key, an unknown
+model: a `ReasonrecError`) stops the run at once instead of failing batch after batch; only texts
+the model produced are stored, so a rerun makes the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 from tqdm.auto import tqdm
 
-from reasonrec.errors import ReasonrecError
+from reasonrec.errors import BackendUnavailable, ReasonrecError
 from reasonrec.explain.cleanup import Cleaned, clean
 from reasonrec.explain.store import Entry, ExplanationStore, make_key
 from reasonrec.explain.templates import PAIRED_TASKS, TemplateSet, word_cap_tokens
@@ -166,6 +170,9 @@ class Explainer:
         pending = [j for k, j in unique.items() if k not in present]
         if not pending:
             return summary
+        check = getattr(self.backend, "check", None)
+        if check is not None:  # a server that cannot be reached says so before the first prompt
+            check()
         batches = self._batches(pending)
         started = time.perf_counter()
         bar = tqdm(total=len(pending), desc=stage, unit="gen", disable=not progress, smoothing=0.05,
@@ -174,31 +181,45 @@ class Explainer:
             groups = self._group(batch)
             try:
                 results = self.backend.generate_groups([[j.prompt for j in g] for g in groups], batch[0].params)
-            except Exception as err:  # a whole batch failing (server down) must not lose earlier batches
+            except BackendUnavailable as err:
+                if err.partial is not None:  # what the server answered before it went away
+                    self._store(groups, err.partial, summary)
+                bar.close()
+                raise BackendUnavailable(f"{err}\n{stage}: stopped with {summary.generated} of {len(pending)} texts "
+                                         "made and stored; a rerun makes the rest") from None
+            except ReasonrecError:  # key refused, unknown model, bad parameters: every batch would fail alike
+                bar.close()
+                raise
+            except Exception as err:  # one batch failing must not lose the batches before it
                 summary.errors += len(batch)
                 bar.write(f"{stage}: batch of {len(batch)} failed: {type(err).__name__}: {err}")
                 bar.update(len(batch))
                 continue
-            entries = []
-            for group, outs in zip(groups, results):
-                for job, gen in zip(group, outs):
-                    entry = self._entry(job, gen)
-                    if entry is None:
-                        summary.errors += 1
-                        continue
-                    entries.append(entry)
-                    summary.generated += 1
-                    summary.new_tokens += gen.tokens
-                    summary.prompt_tokens += gen.prompt_tokens
-                    summary.repaired += entry.status == "repaired"
-                    summary.failed += entry.status == "failed"
-            self.store.put_many(entries)
+            self._store(groups, results, summary)
             bar.update(len(batch))
             summary.seconds = time.perf_counter() - started
             bar.set_postfix(rate=f"{summary.per_second:.2f}/s", failed=summary.failed)
         bar.close()
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _store(self, groups: list[list[_Job]], results: list[list[Generation | None]], summary: RunSummary) -> None:
+        """One commit for a batch's answers; backend errors (and prompts never answered: None) are
+        counted, not stored, so a rerun asks again."""
+        entries = []
+        for group, outs in zip(groups, results):
+            for job, gen in zip(group, outs):
+                entry = self._entry(job, gen) if gen is not None else None
+                if entry is None:
+                    summary.errors += 1
+                    continue
+                entries.append(entry)
+                summary.generated += 1
+                summary.new_tokens += gen.tokens
+                summary.prompt_tokens += gen.prompt_tokens
+                summary.repaired += entry.status == "repaired"
+                summary.failed += entry.status == "failed"
+        self.store.put_many(entries)
 
     def _batches(self, jobs: list[_Job]) -> list[list[_Job]]:
         """Batches of whole groups with equal decoding params, in order of prompt length."""

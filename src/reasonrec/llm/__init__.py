@@ -16,7 +16,8 @@ from __future__ import annotations
 from reasonrec.errors import ReasonrecError
 from reasonrec.llm.base import Capabilities, Generation, GenerationParams, LLMBackend, Prompt
 
-__all__ = ["Capabilities", "Generation", "GenerationParams", "LLMBackend", "Prompt", "get_backend", "model_id_of"]
+__all__ = ["Capabilities", "Generation", "GenerationParams", "LLMBackend", "Prompt", "backend_options", "get_backend",
+           "model_id_of"]
 
 
 def _parse(spec: str) -> tuple[str, tuple]:
@@ -52,6 +53,21 @@ def get_backend(spec: str = "embedded", **kwargs) -> LLMBackend:
         return OpenAIHTTPBackend(*args, **kwargs)
     from reasonrec.llm.vllm_backend import VLLMBackend
     return VLLMBackend(*args, **kwargs)
+
+
+def backend_options(spec: str, threads: int | None = None, concurrency: int | None = None) -> dict:
+    """Constructor options for `get_backend(spec)` from command-line settings that only some kinds
+    take. threads (CPU threads of a local model) is dropped for servers and vLLM, so that one set
+    of worker arguments fits every backend; concurrency is an error for anything but a server."""
+    kind, _ = _parse(spec)
+    if concurrency is not None and kind != "openai":
+        raise ReasonrecError(f"--concurrency {concurrency}: only openai:MODEL@BASE_URL backends send requests "
+                             f"concurrently, not {spec!r}")
+    if kind == "gguf":
+        return {"threads": threads} if threads else {}
+    if kind == "openai":
+        return {"concurrency": concurrency} if concurrency else {}
+    return {}
 
 
 def model_id_of(spec: str = "embedded", dtype: str = "float32") -> str:

@@ -6,7 +6,9 @@ because ..."): each backend renders it the way its model expects, so templates n
 model-specific chat markup.
 
 Backends declare what they support so callers (the explanation engine, the ExpCTR judge) can pick
-the fast path without isinstance checks.
+the fast path without isinstance checks. A backend that talks to a server may also have `check()`,
+which raises `BackendUnavailable` when the server cannot serve; the Explainer calls it before it
+sends the first prompt of a run, so a dead server is reported before any work is queued.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
-from reasonrec.errors import ReasonrecError
+from reasonrec.errors import BackendUnavailable, ReasonrecError
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,17 @@ class ModelIdOnly:
 def generate_flat(backend: LLMBackend, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
     """`generate_groups` for backends without prefix sharing: one flat call, members kept adjacent
     (so a server-side prefix cache sees a group's prompts close together)."""
-    flat = backend.generate([p for g in groups for p in g], params)
+    try:
+        flat = backend.generate([p for g in groups for p in g], params)
+    except BackendUnavailable as err:
+        if err.partial is not None:
+            err.partial = _regroup(groups, err.partial)
+        raise
+    return _regroup(groups, flat)
+
+
+def _regroup(groups: list[list], flat: list) -> list[list]:
+    """`flat` (one entry per member of `groups`, in order) cut into lists the sizes of `groups`."""
     out, i = [], 0
     for g in groups:
         out.append(flat[i:i + len(g)])

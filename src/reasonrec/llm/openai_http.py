@@ -10,19 +10,30 @@ timeouts, 429 and 5xx are retried with exponential backoff and jitter; a prompt 
 comes back as `Generation(finish_reason="error")` so one bad request never sinks a batch. Any other
 4xx (bad model name, bad key, bad parameters) raises a `ReasonrecError` naming the status and the
 server's message: it would fail every request the same way.
+
+A dead server is reported, not waited out. Before the first prompt, `check()` asks `GET /models`:
+an unreachable server or a rejected key raises `BackendUnavailable` naming the URL and the cause.
+During a run, a circuit breaker counts transport failures (connection refused or reset, timeouts)
+in a row, all threads together; any answer from the server resets the count. By default it opens
+after `retries + 1` of them per request in flight (`concurrency`, or fewer in a small call): about
+when every request in flight has used up its retries with none getting through, so a restart that
+the retries would ride out does not trip it. Once open, no request starts and no retry waits:
+`generate` raises `BackendUnavailable`, and the next `generate` checks the server first. Prompts
+that failed this way come back as errors or not at all; callers store neither.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import time
+import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from reasonrec.errors import ReasonrecError
+from reasonrec.errors import BackendUnavailable, ReasonrecError
 from reasonrec.llm.base import Capabilities, Generation, GenerationParams, Prompt, first_sentence, generate_flat
 
 # server-side stops for "one sentence" (4 is OpenAI's limit); the client cuts again exactly
@@ -38,8 +49,40 @@ def chatml(prompt: Prompt) -> str:
 TEMPLATES: dict[str, Callable[[Prompt], str]] = {"chatml": chatml}
 
 
+# A connect slower than this means the host is unreachable, whatever the read timeout allows.
+CONNECT_TIMEOUT = 10.0
+
+
 class _Retryable(Exception):
     """A failure worth retrying (connection, timeout, 429, 5xx)."""
+
+
+class _Unreachable(_Retryable):
+    """No answer from the server at all: what the circuit breaker counts."""
+
+
+def describe_transport_error(err: httpx.TransportError) -> str:
+    """The cause of a transport failure in words a user can act on, the raw error in brackets."""
+    chain, e = [], err
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    raw = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "connection refused" in raw.lower():
+        cause = "connection refused (nothing listening at that address?)"
+    elif any(isinstance(e, socket.gaierror) for e in chain) or "name or service not known" in raw.lower():
+        cause = "the host name does not resolve (DNS)"
+    elif isinstance(err, httpx.ConnectTimeout):
+        cause = "connection timed out (host down or unreachable?)"
+    elif isinstance(err, httpx.TimeoutException):
+        cause = "the server did not answer in time"
+    elif isinstance(err, httpx.RemoteProtocolError):
+        cause = "the server closed the connection without answering"
+    elif isinstance(err, httpx.ReadError | httpx.WriteError):
+        cause = "the connection broke"
+    else:
+        cause = "transport error"
+    return f"{cause} [{raw}]"
 
 
 def openai_model_id(model: str, base_url: str) -> str:
@@ -52,8 +95,10 @@ class OpenAIHTTPBackend:
     api_key_env: environment variable holding the API key (read once; never logged).
     completion_template: None (chat endpoint) | "chatml" | a function Prompt -> raw prompt text.
     concurrency: requests in flight. timeout: seconds per request. retries: extra attempts after
-    the first. model_id: identity for cache keys (default "openai:<model>@<base_url>").
-    transport: an httpx transport (custom networking, or a mock in unit tests).
+    the first. max_unreachable: transport failures in a row that open the circuit breaker
+    (default (retries + 1) per request in flight). model_id: identity for cache keys (default
+    "openai:<model>@<base_url>"). transport: an httpx transport (custom networking, or a mock in
+    unit tests).
     """
 
     capabilities = Capabilities(batching=True, prefix_sharing=False, logprobs=False)
@@ -61,7 +106,7 @@ class OpenAIHTTPBackend:
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", *,
                  api_key_env: str = "OPENAI_API_KEY", completion_template: str | Callable[[Prompt], str] | None = None,
                  concurrency: int = 8, timeout: float = 60.0, retries: int = 4, backoff: float = 0.5,
-                 max_backoff: float = 16.0, model_id: str | None = None,
+                 max_backoff: float = 16.0, max_unreachable: int | None = None, model_id: str | None = None,
                  transport: httpx.BaseTransport | None = None):
         if isinstance(completion_template, str):
             if completion_template not in TEMPLATES:
@@ -74,10 +119,21 @@ class OpenAIHTTPBackend:
         self.render = completion_template
         self.concurrency, self.retries = concurrency, retries
         self.backoff, self.max_backoff = backoff, max_backoff
+        self.max_unreachable = max_unreachable
+        self._limit = max_unreachable or concurrency * (retries + 1)  # generate() sizes it to its call
+        self.api_key_env = api_key_env
         key = os.environ.get(api_key_env)
+        self._key = key or None  # only to scrub it from server messages
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout),
+        self._client = httpx.Client(headers=headers,
+                                    timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
                                     limits=httpx.Limits(max_connections=concurrency), transport=transport)
+        self.served_models: list[str] | None = None  # what GET /models listed, once check() ran
+        self._checked = False
+        self._lock = threading.Lock()
+        self._unreachable = 0           # transport failures in a row, all threads together
+        self._last_failure = ""
+        self._open = threading.Event()  # the breaker: set = stop sending
 
     def __repr__(self) -> str:  # no headers: they hold the key
         return f"OpenAIHTTPBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -85,19 +141,57 @@ class OpenAIHTTPBackend:
     def close(self) -> None:
         self._client.close()
 
+    def check(self) -> None:
+        """Ask the server for its model list. Raises `BackendUnavailable` naming the URL and the cause
+        when it cannot be reached, rejects the key, or fails. A server without the endpoint (404/405)
+        passes: the first prompt will tell."""
+        url = f"{self.base_url}/models"
+        try:
+            r = self._client.get(url, timeout=min(CONNECT_TIMEOUT, self._client.timeout.read or CONNECT_TIMEOUT))
+        except httpx.TransportError as err:
+            raise BackendUnavailable(f"LLM server {self.base_url} is unreachable: GET {url}: "
+                                     f"{describe_transport_error(err)}") from None
+        if r.status_code in (401, 403):
+            key = "set" if self._key else "not set"
+            raise BackendUnavailable(f"LLM server {self.base_url} refused access: GET {url} answered HTTP "
+                                     f"{r.status_code}: {self._scrub(_message(r))} (the API key is read from "
+                                     f"${self.api_key_env}, which is {key})")
+        if r.status_code >= 400 and r.status_code not in (404, 405):
+            raise BackendUnavailable(f"LLM server {self.base_url} is not ready: GET {url} answered HTTP "
+                                     f"{r.status_code}: {self._scrub(_message(r))}")
+        try:
+            data = r.json()["data"]
+            self.served_models = [str(m["id"]) for m in data]
+        except (ValueError, KeyError, TypeError):
+            self.served_models = None
+        self._checked = True
+
     # -- LLMBackend ----------------------------------------------------------------------------
 
     def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[Generation]:
         if not prompts:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            futures = [pool.submit(self._one, p, params) for p in prompts]
-            try:
-                return [f.result() for f in futures]
-            except ReasonrecError:
-                for f in futures:
-                    f.cancel()
-                raise
+        if self._open.is_set():  # tripped in an earlier call: start afresh if the server is back
+            with self._lock:
+                self._open.clear()
+                self._unreachable = 0
+        if not self._checked:
+            self.check()
+        workers = min(self.concurrency, len(prompts))
+        self._limit = self.max_unreachable or workers * (self.retries + 1)
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(self._one, p, params) for p in prompts]
+                try:
+                    return [f.result() for f in futures]
+                except ReasonrecError:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        except BackendUnavailable as err:  # the pool has drained: keep what was answered before the trip
+            err.partial = [f.result() if f.done() and not f.cancelled() and f.exception() is None else None
+                           for f in futures]
+            raise
 
     def generate_groups(self, groups: list[list[Prompt]], params: GenerationParams) -> list[list[Generation]]:
         return generate_flat(self, groups, params)
@@ -114,12 +208,46 @@ class OpenAIHTTPBackend:
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random()))  # jitter: retries of a batch spread out
+                self._open.wait(delay * (0.5 + random.random()))  # jitter spreads a batch's retries out
+            if self._open.is_set():
+                raise self._tripped()
             try:
-                return self._parse(self._post(url, body), prompt, params)
+                data = self._post(url, body)
+            except _Unreachable as err:
+                error = str(err)
+                self._unreachable_once(error)
+                continue
             except _Retryable as err:
                 error = str(err)
+                self._answered()
+                continue
+            self._answered()
+            try:
+                return self._parse(data, prompt, params)
+            except _Retryable as err:
+                error = str(err)
+        if self._open.is_set():  # its last attempt opened the breaker
+            raise self._tripped()
         return Generation(text="", finish_reason="error", error=f"{error} (after {self.retries + 1} attempts)")
+
+    # -- circuit breaker -----------------------------------------------------------------------
+
+    def _answered(self) -> None:
+        if self._unreachable:
+            with self._lock:
+                self._unreachable = 0
+
+    def _unreachable_once(self, error: str) -> None:
+        with self._lock:
+            self._unreachable += 1
+            self._last_failure = error
+            if self._unreachable >= self._limit and not self._open.is_set():
+                self._checked = False  # the next call asks the server first
+                self._open.set()
+
+    def _tripped(self) -> BackendUnavailable:
+        return BackendUnavailable(f"LLM server {self.base_url} stopped answering: {self._unreachable} attempts "
+                                  f"in a row failed, the last: {self._last_failure}")
 
     def _request(self, prompt: Prompt, params: GenerationParams) -> tuple[str, dict]:
         body: dict = {"model": self.model, "max_tokens": params.max_new_tokens, "temperature": params.temperature,
@@ -140,11 +268,15 @@ class OpenAIHTTPBackend:
         try:
             r = self._client.post(url, json=body)
         except httpx.TransportError as err:  # connection refused/reset, timeouts
-            raise _Retryable(f"POST {url}: {type(err).__name__}: {err}") from None
+            raise _Unreachable(f"POST {url}: {describe_transport_error(err)}") from None
         if r.status_code == 429 or r.status_code >= 500:
-            raise _Retryable(f"POST {url}: HTTP {r.status_code}: {_message(r)}")
+            raise _Retryable(f"POST {url}: HTTP {r.status_code}: {self._scrub(_message(r))}")
         if r.status_code >= 400:
-            raise ReasonrecError(f"POST {url} (model {self.model!r}) failed with HTTP {r.status_code}: {_message(r)}")
+            hint = ""
+            if r.status_code == 404 and self.served_models and self.model not in self.served_models:
+                hint = f" (the server lists: {', '.join(self.served_models[:10])})"
+            raise ReasonrecError(f"POST {url} (model {self.model!r}) failed with HTTP {r.status_code}: "
+                                 f"{self._scrub(_message(r))}{hint}")
         try:
             return r.json()
         except ValueError:
@@ -169,6 +301,10 @@ class OpenAIHTTPBackend:
         return Generation(text=text, tokens=usage.get("completion_tokens", 0),
                           prompt_tokens=usage.get("prompt_tokens", 0),
                           finish_reason="length" if reason == "length" else "stop")
+
+    def _scrub(self, message: str) -> str:
+        """A server may quote the key it was sent in its error message."""
+        return message.replace(self._key, "***") if self._key else message
 
 
 def _message(r: httpx.Response) -> str:
