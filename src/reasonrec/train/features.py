@@ -29,6 +29,16 @@ def _vocab(values) -> dict[str, int]:
     return {v: i + 2 for i, v in enumerate(sorted(set(values)))}
 
 
+def _tokens(values: pd.Series) -> pd.Series:
+    """Side-feature values -> category tokens: numeric features are stored as numbers (1995.0, NaN
+    missing) and read here as the strings they were ("1995", "")."""
+    def token(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    return values.map(token)
+
+
 def _split_cats(text: str) -> list[str]:
     return [c.strip() for c in str(text or "").split(",") if c.strip()]
 
@@ -86,9 +96,9 @@ class Featurizer:
         if self.side_features:
             item_rows = items[items["item_id"].isin(seen_items)]
             user_rows = users[users["user_id"].isin(set(train["user_id"]))]
-            spec.item_fields = {c: {v: i + 1 for i, v in enumerate(sorted(item_rows[c].astype(str).unique()))}
+            spec.item_fields = {c: {v: i + 1 for i, v in enumerate(sorted(_tokens(item_rows[c]).unique()))}
                                 for c in items.columns if c.startswith("feat_")}
-            spec.user_fields = {c: {v: i + 1 for i, v in enumerate(sorted(user_rows[c].astype(str).unique()))}
+            spec.user_fields = {c: {v: i + 1 for i, v in enumerate(sorted(_tokens(user_rows[c]).unique()))}
                                 for c in users.columns if c.startswith("feat_")}
             cats = {c for text in item_rows.get("categories", pd.Series(dtype=str)) for c in _split_cats(text)}
             spec.categories = {c: i + 1 for i, c in enumerate(sorted(cats))}
@@ -134,7 +144,7 @@ def _lookup_fields(ids: pd.Series, table: pd.DataFrame, key: str, fields: dict) 
     indexed = table.drop_duplicates(key).set_index(key)
     cols = []
     for name, vocab in fields.items():
-        values = ids.map(indexed[name].astype(str)) if name in indexed.columns else pd.Series([None] * len(ids))
+        values = ids.map(_tokens(indexed[name])) if name in indexed.columns else pd.Series([None] * len(ids))
         cols.append(values.map(vocab).fillna(0).to_numpy("int64"))
     return np.stack(cols, axis=1)
 
