@@ -424,11 +424,13 @@ def bench_parity(
     if not (data / "samples.parquet").is_file():
         prepare(read("ml-100k", None), PrepareConfig()).save(data)
     prepared = load_prepared(data)
-    typer.echo(f"RecBole atomic files: {export_recbole(prepared, export, 'ml-100k-reasonrec')}")
+    typer.echo(f"RecBole atomic files: {export_recbole(prepared, export, data.name + '-reasonrec')}")
     names = list(MODELS) if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
     frame = run_parity(prepared, names, _parse_seeds(seeds), out, _parse_sets(set_), progress, typer.echo)
     peers = out / "recbole.csv"
-    typer.echo(f"report: {render(frame, pd.read_csv(peers) if peers.is_file() else None, out)}")
+    command = "reasonrec bench parity " + " ".join(sys.argv[3:])
+    report = render(frame, pd.read_csv(peers) if peers.is_file() else None, out, prepared.card, command)
+    typer.echo(f"report: {report}")
 
 
 @bench_app.command("report")

@@ -30,12 +30,12 @@ class TrainConfig(_Strict):
     """The fit loop (`reasonrec.train.trainer.fit`)."""
 
     lr: float = 1e-3
-    batch_size: int = 1024
+    batch_size: int = 512
     epochs: int = 100
-    patience: int = 5                       # epochs without validation improvement before stopping
+    patience: int = 10                      # epochs without validation improvement before stopping
     monitor: Literal["auto", "auc", "logloss", "rmse", "mae"] = "auto"   # auto: AUC / RMSE by task
     weight_decay: float = 0.0               # Adam's L2 on every parameter
-    embed_reg: float = 0.0                  # L2 on the embedding rows a batch reads (FuxiCTR's embedding_regularizer)
+    embed_reg: float = 0.0                  # L2 on every embedding table, added to the loss (as FuxiCTR's embedding_regularizer)
     supervision: Literal["label", "soft"] = "label"   # soft: BCE against the rating scaled to [0, 1] (seed 003)
     seed: int = 0
     threads: int | None = 1                 # tiny models: one thread beats two on a small, shared CPU
@@ -51,10 +51,12 @@ class RecommenderConfig(_Strict):
     encoder: str = "autoencoder"            # autoencoder | sentence | llm
     text_columns: tuple[str, ...] = ("positive", "negative")
     strip_prefixes: tuple[str, ...] = ()    # forced answer starts, removed before encoding
-    embed_dim: int = 16
+    embed_dim: int = 10
+    init_std: float = 0.03                  # normal init of every embedding table
     side_features: bool = True              # the same inputs for every model compared
-    mlp: tuple[int, ...] = (128, 64)
-    dropout: float = 0.1
+    pooled_history: bool = False            # the history's mean item embedding as one more field (field models)
+    mlp: tuple[int, ...] = (128, 128, 128)
+    dropout: float = 0.2
     extra: dict = {}                        # model-specific knobs (heads, layers, ...), read by the model
     encoder_options: dict = {}
     train: TrainConfig = TrainConfig()

@@ -121,7 +121,8 @@ class Recommender:
                            expl_dim=self.encoder.dim if self.uses_text else 0,
                            expl_mode="free" if cfg.explanations == "free" else "text",
                            expl_slots=len(cfg.text_columns) if cfg.explanations != "none" else 0,
-                           side_features=cfg.side_features, mlp=tuple(cfg.mlp), dropout=cfg.dropout,
+                           side_features=cfg.side_features, pooled_history=cfg.pooled_history,
+                           init_std=cfg.init_std, mlp=tuple(cfg.mlp), dropout=cfg.dropout,
                            extra=dict(cfg.extra))
         return build_model(cfg.model, mcfg)
 

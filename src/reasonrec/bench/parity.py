@@ -96,16 +96,17 @@ def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, o
     return pd.DataFrame(rows)
 
 
-def render(results: pd.DataFrame, peers: pd.DataFrame | None, out: Path) -> Path:
+def render(results: pd.DataFrame, peers: pd.DataFrame | None, out: Path, card: dict, command: str) -> Path:
     """REPORT.md: per model mean ± std of test AUC / LogLoss, best epochs, s/epoch, dead units; the
     peer library's rows (measured with the recipe in docs/parity.md) beside them."""
-    lines = ["# Parity: the zoo at its defaults vs RecBole on identical rows", "",
-             "Full MovieLens-100K as `reasonrec data prepare --dataset ml-100k` splits it (per user by time: "
-             "71,943 train / 8,057 valid / 20,000 test; label = rating >= 4), side features (age, gender, "
-             "occupation, year, genres) and context (hour, weekday) on for every model, no explanations. "
-             "Each model runs at its defaults (`reasonrec.config` + the model's DEFAULTS); early stopping on "
-             "validation AUC; test scored once with the best-validation weights. Regenerate: "
-             "`reasonrec bench parity` (resumable).", "",
+    sizes = card.get("split_sizes", {})
+    split = " / ".join(f"{sizes.get(k, 0):,} {k}" for k in SPLITS)
+    lines = ["# Parity: every model at its defaults, on rows a peer library can train on too", "",
+             f"Dataset `{card.get('dataset')}` ({card.get('interactions', 0):,} interactions, {card.get('users', 0):,} "
+             f"users; split per user by time: {split}; label = rating >= {card.get('label_threshold')}). Side "
+             "features and context on for every model, no explanations. Each model runs at its defaults "
+             "(`reasonrec.config` + the model's DEFAULTS); early stopping on validation AUC; test scored once "
+             f"with the best-validation weights. Regenerate: `{command}` (resumable; finished fits are kept).", "",
              "| model | seeds | test AUC | test LogLoss | valid AUC | best epochs | s/epoch | dead units |",
              "|---|---|---|---|---|---|---|---|"]
     for model, g in results.groupby("model", sort=False):

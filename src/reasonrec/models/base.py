@@ -32,6 +32,8 @@ class ModelConfig:
     expl_mode: str = "text"                            # text | free (Ablation 1: learnable vectors instead)
     expl_slots: int = 2                                # 2 = positive + negative; 1 = one text (variants)
     side_features: bool = _DEFAULT.side_features       # use user/item side fields where the model can
+    pooled_history: bool = _DEFAULT.pooled_history     # FieldTokens' mean-of-history field
+    init_std: float = _DEFAULT.init_std
     mlp: tuple = _DEFAULT.mlp
     dropout: float = _DEFAULT.dropout
     extra: dict = field(default_factory=dict)          # model-specific knobs (heads, layers, ...)
@@ -104,14 +106,20 @@ class SideFields(nn.Module):
 
 
 def mlp(in_dim: int, hidden: tuple, out_dim: int | None = 1, dropout: float = 0.0) -> nn.Sequential:
+    """[Dropout, Linear, ReLU] per hidden layer, then a Linear to `out_dim`. Dropout acts on each
+    layer's input, the field embeddings included (as RecBole's MLPLayers); Xavier-normal weights."""
     layers, width = [], in_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
         if dropout:
             layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
     if out_dim is not None:
         layers.append(nn.Linear(width, out_dim))
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            nn.init.zeros_(m.bias)
     return nn.Sequential(*layers)
 
 

@@ -7,8 +7,8 @@
 
 - user, item: id embeddings (item id 0 is padding and embeds to zeros);
 - history: the mean of the non-padded history items' embeddings, read from the *item* table
-  (the usual multi-valued-field pooling of CTR libraries); sequence models pass `history=False`
-  and read the sequence itself through `history_seq`;
+  (the usual multi-valued-field pooling of CTR libraries), when `cfg.pooled_history`; sequence
+  models pass `history=False` and read the sequence itself through `history_seq`;
 - ctx (hour, weekday) always; user/item side fields and the genre bag only with
   `cfg.side_features` (both through `SideFields`);
 - the explanation slots (`ExplanationInput`) when `cfg.uses_explanations`.
@@ -27,7 +27,6 @@ from torch import nn
 
 from reasonrec.models.base import EXPL_KEYS, ExplanationInput, ModelConfig, SideFields
 
-EMBED_STD = 0.01   # small normal init for every table (FuxiCTR/DeepCTR use 1e-4..1e-2)
 
 
 class FieldTokens(nn.Module):
@@ -37,16 +36,16 @@ class FieldTokens(nn.Module):
         self.item = nn.Embedding(cfg.n_items, d, padding_idx=0)
         self.side = SideFields(cfg, d, include_ctx=True)
         self.expl = ExplanationInput(cfg.expl_dim, d, cfg.expl_mode, cfg.expl_slots) if cfg.uses_explanations else None
-        self.pool_history = history
+        self.pool_history = history and cfg.pooled_history
         side_names = [f"ctx_{i}" for i in range(len(cfg.ctx))]
         if cfg.side_features:
             side_names += [f"user_feat_{i}" for i in range(len(cfg.user_fields))]
             side_names += [f"item_feat_{i}" for i in range(len(cfg.item_fields))] + ["genres"]
-        self.names = ["user", "item"] + (["history"] if history else []) + side_names + \
+        self.names = ["user", "item"] + (["history"] if self.pool_history else []) + side_names + \
             ([k.removeprefix("expl_") for k in EXPL_KEYS[:cfg.expl_slots]] if self.expl is not None else [])
         for m in self.modules():
             if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
-                nn.init.normal_(m.weight, std=EMBED_STD)
+                nn.init.normal_(m.weight, std=cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
 

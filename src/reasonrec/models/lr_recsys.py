@@ -17,8 +17,8 @@ Two settings (`reasonrec.config`): the `faithful` preset is the paper's appendix
 Adam lr 0.01, batch 128, no regularisation, MLP [64, 8, 1], attention output used as is, no side
 features). The default is the robust one: a residual around the input attention (its output is
 added to the tokens, so a badly initialised attention cannot cut an input off), lr 1e-3 with
-larger batches and dropout — at the faithful setting the 8-unit bottleneck dies entirely on some
-seeds (constant output; `FitResult.dead_units` reports the share per fit).
+larger batches, dropout, the zoo's embedding init — at the faithful setting the 8-unit bottleneck
+dies entirely on some seeds (constant output; `FitResult.dead_units` reports the share per fit).
 """
 
 from __future__ import annotations

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from reasonrec.models.base import ModelConfig, mlp
-from reasonrec.models.fields import EMBED_STD, FieldTokens
+from reasonrec.models.fields import FieldTokens
+
+
+# The GMF product of two embeddings grows with the square of their scale: from the zoo's 0.03 init it
+# fits the training pairs within 3-4 epochs; from 0.01 it climbs longer and ends higher (validation
+# AUC 0.7652 -> 0.7685, mean of 3 seeds, full ML-100K; benchmarks/parity).
+DEFAULTS = {"init_std": 0.01}
 
 
 class NCF(nn.Module):
@@ -28,8 +34,8 @@ class NCF(nn.Module):
         tower = tuple(cfg.extra.get("tower", (32, 16, 8)))
         self.gmf_user = nn.Embedding(cfg.n_users, d)
         self.gmf_item = nn.Embedding(cfg.n_items, d)
-        nn.init.normal_(self.gmf_user.weight, std=EMBED_STD)
-        nn.init.normal_(self.gmf_item.weight, std=EMBED_STD)
+        nn.init.normal_(self.gmf_user.weight, std=cfg.init_std)
+        nn.init.normal_(self.gmf_item.weight, std=cfg.init_std)
         self.fields = FieldTokens(cfg, d)
         self.tower = mlp(self.fields.n_fields * d, tower, out_dim=None, dropout=cfg.dropout)
         self.out = nn.Linear(d + tower[-1], 1)
