@@ -216,6 +216,8 @@ def train(
 def serve_cmd(
     bundle: Path = typer.Option(..., help="model bundle directory (from `reasonrec train`)"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    state: Optional[Path] = typer.Option(None, help="event log + job queue [default: <store>.serve.sqlite beside "
+                                                    "the store]"),
     llm: Optional[str] = typer.Option(None, help="backend for the explanation worker (embedded | openai:MODEL@URL); "
                                                  "none = serve only what is precomputed"),
     host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
@@ -224,12 +226,15 @@ def serve_cmd(
     domain: Optional[str] = typer.Option(None), profiles: bool = typer.Option(True),
     threads: int = typer.Option(1, help="torch threads on the request path"),
     jit: bool = typer.Option(True, help="serve a verified TorchScript trace of the model"),
+    retry_failed_after: float = typer.Option(300.0, help="seconds before jobs that failed on backend errors are "
+                                                         "tried again"),
 ):
     """Serve /v1/score, /v1/recommend, /v1/events, /healthz and /metrics over a bundle."""
     from reasonrec.serve import serve
 
-    serve(bundle, host, port, store=store, llm=llm, domain=domain, top_n=top_n, batch_size=batch_size,
-          profiles=profiles, torch_threads=threads, jit=jit)
+    serve(bundle, host, port, store=store, state_path=state, llm=llm, domain=domain, top_n=top_n,
+          batch_size=batch_size, profiles=profiles, torch_threads=threads, jit=jit,
+          retry_failed_after=retry_failed_after)
 
 
 @app.command("precompute")

@@ -9,14 +9,18 @@
 The request path never waits on the LLM: it reads the in-memory index (see `index.py`); pairs
 without a written explanation are answered at once, flagged `pending` (queued) or `unavailable`.
 The worker thread (see `worker.py`) fills the store in the background and swaps new explanation
-vectors into the index. Errors: 4xx with a message for bad input, a generic 500 (details logged
-here, never sent) for anything unexpected.
+vectors into the index. Errors: 4xx with a message for bad input, 503 when a database cannot be
+written (read-only past the retry budget, or deleted/replaced under the server: see
+`storage.py`; the write is refused, never acknowledged and lost), a generic 500 (details logged
+here, never sent) for anything unexpected. /healthz says `degraded`, with the reasons, while a
+database or the worker is in trouble.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,9 +33,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from reasonrec.errors import ReasonrecError
 from reasonrec.serve import schemas as S
-from reasonrec.serve.events import StateDB
 from reasonrec.serve.index import ServingIndex
+from reasonrec.serve.storage import StorageUnavailable, open_serving_files
 
 log = logging.getLogger("reasonrec.serve")
 
@@ -169,29 +174,80 @@ def _bundle_domain(bundle_dir: Path) -> str | None:
 
 ERRORS = {404: {"model": S.ErrorBody}, 413: {"model": S.ErrorBody}, 422: {"model": S.ErrorBody},
           500: {"model": S.ErrorBody}}
+WRITE_ERRORS = {**ERRORS, 503: {"model": S.ErrorBody, "description": "a database cannot be written; retry later"}}
+
+# what Recommender.save writes; checked up front so a damaged bundle is named file by file
+BUNDLE_FILES = ("bundle.json", "features.json", "model.pt", "texts.parquet", "items.parquet", "users.parquet",
+                "user_history.json")
+
+
+def load_bundle(bundle_dir: Path):
+    """reasonrec.load with errors that name the bundle file at fault."""
+    from reasonrec.estimator import Recommender
+
+    if not bundle_dir.is_dir():
+        raise ReasonrecError(f"bundle {bundle_dir}: no such directory")
+    missing = [f for f in BUNDLE_FILES if not (bundle_dir / f).is_file()]
+    if missing:
+        raise ReasonrecError(f"bundle {bundle_dir}: missing {', '.join(missing)} (a bundle is what "
+                             f"`reasonrec train` or Recommender.save writes)")
+    empty = [f for f in BUNDLE_FILES if (bundle_dir / f).stat().st_size == 0]
+    if empty:
+        raise ReasonrecError(f"bundle {bundle_dir}: empty file(s) {', '.join(empty)} (an interrupted copy?)")
+    for name in BUNDLE_FILES:
+        try:
+            _probe(bundle_dir / name)
+        except Exception as err:
+            raise ReasonrecError(f"bundle {bundle_dir}: {name} is damaged ({_first_line(err)})") from None
+    try:
+        return Recommender.load(bundle_dir)
+    except ReasonrecError:
+        raise
+    except Exception as err:          # files that parse but do not fit together (state-dict mismatch, ...)
+        raise ReasonrecError(f"bundle {bundle_dir}: cannot be loaded ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+def _probe(path: Path):
+    """Parse one bundle file the cheap way its loader would, so an error can name it."""
+    if path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.read_metadata(path)
+    elif path.suffix == ".pt":
+        torch.load(path, weights_only=True, map_location="cpu")
 
 
 def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, state_path: str | Path | None = None,
                domain: str | None = None, top_n: int = 20, batch_size: int = 8, profiles: bool = True,
                interaction_reasons: bool = True, start_worker: bool = True, torch_threads: int | None = 1,
-               max_attempts: int = 3, jit: bool = True) -> FastAPI:
+               max_attempts: int = 3, jit: bool = True, retry_failed_after: float | None = 300.0) -> FastAPI:
     """The service over a model bundle and an explanation store.
 
     llm: None (no worker: explanations come only from what is already in the store / bundle, events
     still queue their jobs durably), a backend object, or a spec string (`embedded`,
     `openai:MODEL@URL`, `py:module:factory?arg=1`, see `worker.resolve_llm`)."""
-    from reasonrec.estimator import Recommender
-    from reasonrec.explain.store import ExplanationStore
-
     if torch_threads:
         torch.set_num_threads(torch_threads)
     bundle_dir = Path(bundle_dir)
-    rec = Recommender.load(bundle_dir)
-    store = ExplanationStore(store_path)
-    state = StateDB(state_path or default_state_path(store_path))
+    rec = load_bundle(bundle_dir)
+    store, state = open_serving_files(Path(store_path), Path(state_path or default_state_path(store_path)))
     index = ServingIndex(rec, state, store, interaction_reasons=interaction_reasons)
     metrics = Metrics()
-    metrics.queue.set_function(state.depth)
+
+    def depth() -> float:
+        try:
+            return state.depth()
+        except StorageUnavailable:
+            return float("nan")
+
+    metrics.queue.set_function(depth)
 
     worker = None
     backend = None
@@ -203,7 +259,7 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
         if backend is not None and index.uses_text:
             dom = domain or _bundle_domain(bundle_dir) or "movie"
             worker = Worker(index, state, store, backend, load_templates(dom), top_n=top_n, batch_size=batch_size,
-                            max_attempts=max_attempts, profiles=profiles)
+                            max_attempts=max_attempts, profiles=profiles, retry_failed_after=retry_failed_after)
             worker.stats.listeners.append(metrics.worker_listener)
 
     if jit:
@@ -305,7 +361,7 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
                              "history": index.history.get(user, []), "task": task, "items": items,
                              "k": req.k, "pool_size": int(len(rows))})
 
-    @app.post("/v1/events", response_model=S.EventResponse, responses=ERRORS,
+    @app.post("/v1/events", response_model=S.EventResponse, responses=WRITE_ERRORS,
               summary="Log an interaction; the user's explanations are refreshed in the background")
     async def events(req: S.EventRequest):
         user, item = req.user_id, req.item_id
@@ -335,12 +391,23 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
                              "explanations_ready": len(ready), "explanations_pending": len(pending),
                              "explained_items": ready, "pending_items": pending})
 
-    @app.get("/healthz", response_model=S.Health)
+    @app.get("/healthz", response_model=S.Health,
+             summary="ok, or degraded with the reasons (a database lost or failing, the worker stuck)")
     async def healthz():
-        return FastJSON({"status": "ok", "model": index.model_name, "users": len(index.history),
-                             "items": len(index.catalog_ids), "queue_depth": state.depth(),
-                             "worker": "disabled" if worker is None else ("running" if worker.running else "stopped"),
-                             "llm": backend.model_id if backend is not None else None})
+        reasons = state.problems() + store.problems()
+        try:
+            queue = state.depth()
+        except StorageUnavailable:
+            queue = None
+        status = "disabled" if worker is None else ("running" if worker.running else "stopped")
+        if worker is not None and start_worker and status == "stopped":
+            reasons.append("the explanation worker has stopped")
+        if worker is not None and worker.failing_since is not None:
+            when = time.strftime("%H:%M:%S", time.gmtime(worker.failing_since))
+            reasons.append(f"worker failing since {when} UTC: {worker.stats.last_error}")
+        return FastJSON({"status": "degraded" if reasons else "ok", "reasons": reasons, "model": index.model_name,
+                         "users": len(index.history), "items": len(index.catalog_ids), "queue_depth": queue,
+                         "worker": status, "llm": backend.model_id if backend is not None else None})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
     async def prometheus():
@@ -376,6 +443,10 @@ def _install_error_handlers(app: FastAPI):
             detail.append({"loc": loc, "msg": err.get("msg", "invalid"), "type": err.get("type", "")})
         where = ", ".join(f"{'.'.join(map(str, d['loc'])) or 'body'}: {d['msg']}" for d in detail[:3])
         return JSONResponse({"error": f"invalid request: {where}", "detail": detail}, status_code=422)
+
+    @app.exception_handler(StorageUnavailable)
+    async def unavailable(request: Request, exc: StorageUnavailable):
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"retry-after": "5"})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -422,8 +493,15 @@ def main(argv: list[str] | None = None):
                    help="do not serve the explanations logged with past interactions")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the request path")
     p.add_argument("--no-jit", action="store_true", help="serve the eager model (no TorchScript trace)")
+    p.add_argument("--retry-failed-after", type=float, default=300.0,
+                   help="seconds before jobs that failed on backend errors get a fresh set of attempts")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
-    serve(a.bundle, a.host, a.port, store=a.store, llm=a.llm, log_level=a.log_level, state_path=a.state,
-          domain=a.domain, top_n=a.top_n, batch_size=a.batch_size, profiles=not a.no_profiles,
-          interaction_reasons=not a.no_interaction_reasons, torch_threads=a.threads, jit=not a.no_jit)
+    try:
+        serve(a.bundle, a.host, a.port, store=a.store, llm=a.llm, log_level=a.log_level, state_path=a.state,
+              domain=a.domain, top_n=a.top_n, batch_size=a.batch_size, profiles=not a.no_profiles,
+              interaction_reasons=not a.no_interaction_reasons, torch_threads=a.threads, jit=not a.no_jit,
+              retry_failed_after=a.retry_failed_after)
+    except ReasonrecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

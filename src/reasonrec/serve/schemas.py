@@ -111,11 +111,12 @@ class UserResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
+    reasons: list[str] = Field(..., description="why the service is degraded (empty when ok)")
     model: str
     users: int
     items: int
-    queue_depth: int
+    queue_depth: int | None = Field(..., description="pending jobs; null while the state DB is unreadable")
     worker: Literal["running", "stopped", "disabled"]
     llm: str | None
 
