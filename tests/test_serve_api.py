@@ -120,6 +120,14 @@ BAD = [
     ("POST", "/v1/events", {"user_id": "1", "item_id": "no-such-item"}, 404, "unknown item_id 'no-such-item'"),
     ("POST", "/v1/events", {"user_id": "1", "item_id": "1", "label": 2}, 422, "label"),
     ("POST", "/v1/events", {"user_id": "1"}, 422, "item_id: Field required"),
+    # strict types: nothing is coerced
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "attention": 0}, 422, "attention: Input should be a valid boolean"),
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "explanations": "yes"}, 422, "explanations: Input should be a valid boolean"),
+    ("POST", "/v1/recommend", {"user_id": "1", "k": "10"}, 422, "k: Input should be a valid integer"),
+    ("POST", "/v1/events", {"user_id": "1", "item_id": "1", "label": True}, 422, "label: Input should be a valid integer"),
+    # context: the bundle's fields and ranges, as the OpenAPI document says
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "context": {"ctx_hour": 24}}, 422, "context.ctx_hour: Input should be less than or equal to 23"),
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "context": {"bogus": 1}}, 422, "context.bogus: Extra inputs are not permitted"),
     ("GET", "/v1/users/no-such-user", None, 404, "unknown user_id 'no-such-user'"),
     ("GET", "/v1/score", None, 405, "Method Not Allowed"),
     ("GET", "/v1/nothing-here", None, 404, "Not Found"),
@@ -137,6 +145,30 @@ def test_bad_input_is_4xx_with_a_message(server, method, path, body, status, mes
     err = r.json()["error"]
     assert message in err, err
     assert "Traceback" not in r.text
+
+
+def test_content_type_and_encoding(server, ids):
+    body = {"user_id": ids["users"][0], "item_ids": ids["items"][:2]}
+    import json as _json
+
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": ctype} if ctype else {}
+        r = server.client.post("/v1/score", content=_json.dumps(body), headers=headers)
+        assert r.status_code == 415 and "application/json" in r.json()["error"], (ctype, r.text)
+    r = server.client.post("/v1/score", content=_json.dumps(body), headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+    r = server.client.post("/v1/events", content=b'{"user_id": "\xff\xfe", "item_id": "1"}',
+                           headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "UTF-8" in r.json()["error"], r.text
+    # both are in the OpenAPI document, with the context fields the bundle has
+    spec = server.client.get("/openapi.json").json()
+    for path in ("/v1/score", "/v1/recommend", "/v1/events"):
+        assert {"400", "415", "422"} <= set(spec["paths"][path]["post"]["responses"]), path
+    assert "503" in spec["paths"]["/v1/events"]["post"]["responses"]
+    context = spec["components"]["schemas"]["Context"]
+    assert set(context["properties"]) == {"ctx_hour", "ctx_weekday"} and context["additionalProperties"] is False
+    good = server.client.post("/v1/score", json={**body, "context": {"ctx_hour": 23, "ctx_weekday": 0}})
+    assert good.status_code == 200, good.text
 
 
 def test_limits_on_body_size_and_raw_nan(server):

@@ -118,6 +118,9 @@ class ServingMiddleware:
         endpoint = self.endpoint(scope["path"])
         status = [500]
         started_response = [False]
+        if scope["method"] == "POST" and scope["path"] in JSON_BODY_PATHS and not _is_json(scope):
+            return await self._refuse(send, endpoint, started, 415, "the body must be JSON: send it with "
+                                                                     "content-type: application/json")
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -125,7 +128,7 @@ class ServingMiddleware:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    return await self._too_large(send, endpoint, started)
+                    return await self._refuse(send, endpoint, started, 413, self._too_large_message)
         seen = [0]
 
         async def limited_receive():
@@ -149,19 +152,31 @@ class ServingMiddleware:
             await self.app(scope, limited_receive, timed_send)
         except _BodyTooLarge:
             if not started_response[0]:
-                return await self._too_large(send, endpoint, started)
+                return await self._refuse(send, endpoint, started, 413, self._too_large_message)
             raise
         finally:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
             self.metrics.responses.labels(endpoint, str(status[0])).inc()
 
-    async def _too_large(self, send, endpoint, started):
-        body = json.dumps({"error": f"request body larger than {self.max_body} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    @property
+    def _too_large_message(self) -> str:
+        return f"request body larger than {self.max_body} bytes"
+
+    async def _refuse(self, send, endpoint, started, status: int, message: str):
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        self.metrics.responses.labels(endpoint, "413").inc()
+        self.metrics.responses.labels(endpoint, str(status)).inc()
+
+
+def _is_json(scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+    return False
 
 
 def _bundle_domain(bundle_dir: Path) -> str | None:
@@ -174,7 +189,11 @@ def _bundle_domain(bundle_dir: Path) -> str | None:
 
 ERRORS = {404: {"model": S.ErrorBody}, 413: {"model": S.ErrorBody}, 422: {"model": S.ErrorBody},
           500: {"model": S.ErrorBody}}
-WRITE_ERRORS = {**ERRORS, 503: {"model": S.ErrorBody, "description": "a database cannot be written; retry later"}}
+POST_ERRORS = {**ERRORS, 400: {"model": S.ErrorBody, "description": "the body is not UTF-8"},
+               415: {"model": S.ErrorBody, "description": "the body is not application/json"}}
+WRITE_ERRORS = {**POST_ERRORS,
+                503: {"model": S.ErrorBody, "description": "a database cannot be written; retry later"}}
+JSON_BODY_PATHS = frozenset({"/v1/score", "/v1/recommend", "/v1/events"})
 
 # what Recommender.save writes; checked up front so a damaged bundle is named file by file
 BUNDLE_FILES = ("bundle.json", "features.json", "model.pt", "texts.parquet", "items.parquet", "users.parquet",
@@ -317,19 +336,34 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
             metrics.misses.inc(len(out) - hits)
         return out
 
-    @app.post("/v1/score", response_model=S.ScoreResponse, responses=ERRORS,
+    ScoreRequest, RecommendRequest = S.request_models(index.spec.ctx_fields)
+
+    def body_type(model):
+        """Route bodies typed by this bundle's request models (annotations are strings under
+        `from __future__ import annotations`, which FastAPI would look up in module globals)."""
+        def bind(fn):
+            fn.__annotations__["req"] = model
+            return fn
+        return bind
+
+    def context_of(req) -> dict | None:
+        return req.context.model_dump(exclude_none=True) if req.context is not None else None
+
+    @app.post("/v1/score", response_model=S.ScoreResponse, responses=POST_ERRORS,
               summary="Score candidates for a user, with their precomputed reasons")
-    async def score(req: S.ScoreRequest):
+    @body_type(ScoreRequest)
+    async def score(req):
         user = req.user_id
         rows = index.rows_of(req.item_ids)
-        scored = index.score_rows(user, rows, req.item_ids, req.timestamp, req.context, req.attention)
+        scored = index.score_rows(user, rows, req.item_ids, req.timestamp, context_of(req), req.attention)
         items = items_payload(user, req.item_ids, scored, range(len(rows)), req.explanations, req.attention)
         return FastJSON({"user_id": user, "known_user": index.known_user(user),
                              "history": index.history.get(user, []), "task": task, "items": items})
 
-    @app.post("/v1/recommend", response_model=S.RecommendResponse, responses=ERRORS,
+    @app.post("/v1/recommend", response_model=S.RecommendResponse, responses=POST_ERRORS,
               summary="Top-k items for a user, with their reasons")
-    async def recommend(req: S.RecommendRequest):
+    @body_type(RecommendRequest)
+    async def recommend(req):
         user = req.user_id
         if req.item_ids is None and not req.require_reasons:
             rows = index.default_pool(user, req.exclude_seen)
@@ -351,7 +385,7 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
             return FastJSON({"user_id": user, "known_user": index.known_user(user),
                                  "history": index.history.get(user, []), "task": task, "items": [],
                                  "k": req.k, "pool_size": 0})
-        scored = index.score_rows(user, rows, ids, req.timestamp, req.context, req.attention)
+        scored = index.score_rows(user, rows, ids, req.timestamp, context_of(req), req.attention)
         k = min(req.k, len(rows))
         top = np.argpartition(-scored.scores, k - 1)[:k]
         top = top[np.argsort(-scored.scores[top], kind="stable")].tolist()
@@ -450,7 +484,10 @@ def _install_error_handlers(app: FastAPI):
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "the body could not be read: it must be UTF-8 encoded JSON"   # FastAPI's words name no cause
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
