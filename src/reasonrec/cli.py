@@ -290,17 +290,21 @@ def bench_throughput(
 @bench_app.command("serve")
 def bench_serve(
     bundle: Optional[Path] = typer.Option(None, help="[default: build a small synthetic bundle]"),
-    levels: str = typer.Option("1,2,4,8,16"), max_requests: int = typer.Option(2000),
+    levels: str = typer.Option("1,8,32"), max_requests: int = typer.Option(2000),
     max_seconds: float = typer.Option(20.0), candidates: int = typer.Option(100),
+    endpoints: str = typer.Option("score,recommend", help="score, recommend or both"),
+    server_arg: list[str] = typer.Option([], help="extra `python -m reasonrec.serve` flag (repeatable), "
+                                                  "e.g. --server-arg=--no-split"),
     out: Path = typer.Option(Path("artifacts/bench/serve/results.json")),
 ):
-    """Loopback load on /v1/score: p50/p99 per concurrency, and the throughput where p99 < 10 ms."""
+    """Loopback load on /v1/score and /v1/recommend: p50/p99 per concurrency, and the throughput where p99 < 10 ms."""
     from reasonrec.bench.serve_load import build_bench_bundle, run_serve_bench
 
     if bundle is None:
         bundle = build_bench_bundle(out.parent / "bundle")
     run_serve_bench(bundle, levels=tuple(int(x) for x in levels.split(",")), max_requests=max_requests,
-                    max_seconds=max_seconds, candidates=candidates, out=out, echo=typer.echo)
+                    max_seconds=max_seconds, candidates=candidates, endpoints=tuple(endpoints.split(",")),
+                    server_args=tuple(server_arg), out=out, echo=typer.echo)
 
 
 cache_app = typer.Typer(help="Share and inspect the explanation store.", no_args_is_help=True)

@@ -246,7 +246,8 @@ def _probe(path: Path):
 def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, state_path: str | Path | None = None,
                domain: str | None = None, top_n: int = 20, batch_size: int = 8, profiles: bool = True,
                interaction_reasons: bool = True, start_worker: bool = True, torch_threads: int | None = 1,
-               max_attempts: int = 3, jit: bool = True, retry_failed_after: float | None = 300.0) -> FastAPI:
+               max_attempts: int = 3, jit: bool = True, retry_failed_after: float | None = 300.0,
+               split: bool = True) -> FastAPI:
     """The service over a model bundle and an explanation store.
 
     llm: None (no worker: explanations come only from what is already in the store / bundle, events
@@ -281,7 +282,7 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
                             max_attempts=max_attempts, profiles=profiles, retry_failed_after=retry_failed_after)
             worker.stats.listeners.append(metrics.worker_listener)
 
-    if jit:
+    if not (split and index.enable_split()) and jit:
         index.trace()
     _warm_up(index)
 
@@ -530,6 +531,8 @@ def main(argv: list[str] | None = None):
                    help="do not serve the explanations logged with past interactions")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the request path")
     p.add_argument("--no-jit", action="store_true", help="serve the eager model (no TorchScript trace)")
+    p.add_argument("--no-split", action="store_true",
+                   help="score every candidate with the full forward (no once-per-user half; for comparisons)")
     p.add_argument("--retry-failed-after", type=float, default=300.0,
                    help="seconds before jobs that failed on backend errors get a fresh set of attempts")
     p.add_argument("--log-level", default="info")
@@ -538,7 +541,7 @@ def main(argv: list[str] | None = None):
         serve(a.bundle, a.host, a.port, store=a.store, llm=a.llm, log_level=a.log_level, state_path=a.state,
               domain=a.domain, top_n=a.top_n, batch_size=a.batch_size, profiles=not a.no_profiles,
               interaction_reasons=not a.no_interaction_reasons, torch_threads=a.threads, jit=not a.no_jit,
-              retry_failed_after=a.retry_failed_after)
+              retry_failed_after=a.retry_failed_after, split=not a.no_split)
     except ReasonrecError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
