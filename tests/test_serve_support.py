@@ -93,8 +93,8 @@ def free_port() -> int:
 class Server:
     """`python -m reasonrec.serve` in a subprocess on 127.0.0.1 (a real uvicorn server)."""
 
-    def __init__(self, bundle: Path, store: Path, *args: str, log: Path | None = None):
-        self.bundle, self.store, self.args = bundle, store, args
+    def __init__(self, bundle: Path, store: Path, *args: str, log: Path | None = None, env: dict | None = None):
+        self.bundle, self.store, self.args, self.env = bundle, store, args, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log or store.with_suffix(f".{self.port}.log")
@@ -106,7 +106,7 @@ class Server:
                "--port", str(self.port), "--log-level", "warning", *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=subprocess_env())
+                                     env={**subprocess_env(), **self.env})
         self.client = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -228,13 +228,21 @@ def serve_cmd(
     jit: bool = typer.Option(True, help="serve a verified TorchScript trace of the model"),
     retry_failed_after: float = typer.Option(300.0, help="seconds before jobs that failed on backend errors are "
                                                          "tried again"),
+    max_header_bytes: int = typer.Option(16 * 1024, help="larger request headers get 431"),
+    read_timeout: float = typer.Option(10.0, help="seconds a request may take to arrive (then 408)"),
+    idle_timeout: float = typer.Option(10.0, help="seconds a new connection may stay silent"),
+    rate_limit: Optional[float] = typer.Option(None, help="requests/s per client (API key, else address)"),
+    rate_burst: Optional[float] = typer.Option(None, help="requests a client may send at once [= rate]"),
 ):
-    """Serve /v1/score, /v1/recommend, /v1/events, /healthz and /metrics over a bundle."""
+    """Serve /v1/score, /v1/recommend, /v1/events, /healthz and /metrics over a bundle.
+
+    Set REASONREC_API_KEYS=key1,key2 to require an API key (x-api-key or Bearer) on /v1/*."""
     from reasonrec.serve import serve
 
     serve(bundle, host, port, store=store, state_path=state, llm=llm, domain=domain, top_n=top_n,
           batch_size=batch_size, profiles=profiles, torch_threads=threads, jit=jit,
-          retry_failed_after=retry_failed_after)
+          retry_failed_after=retry_failed_after, max_header_bytes=max_header_bytes, read_timeout=read_timeout,
+          idle_timeout=idle_timeout, rate_limit=rate_limit, rate_burst=rate_burst)
 
 
 @app.command("precompute")

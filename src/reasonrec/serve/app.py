@@ -18,8 +18,11 @@ database or the worker is in trouble.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import math
+import os
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -92,16 +95,68 @@ class Metrics:
             self.jobs.labels(name[5:]).inc(n)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class Gate:
+    """Optional API keys and per-client rate limit, checked before any work is done.
+
+    keys: accepted API keys (sent as `x-api-key: KEY` or `authorization: Bearer KEY`); None = open.
+    rate: requests per second per client (the API key when keys are on, else the client address),
+    a token bucket holding up to `burst` requests; None = unlimited. /healthz, /metrics and the
+    OpenAPI pages stay open: probes and scrapers carry no keys."""
+
+    OPEN = ("/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+    def __init__(self, keys=None, rate: float | None = None, burst: float | None = None):
+        self.keys = [k.encode() for k in keys] if keys else None
+        self.rate = rate
+        self.burst = max(1.0, burst if burst is not None else (rate or 1.0))
+        self.buckets: dict = {}
+
+    def check(self, scope) -> tuple[int, str, list] | None:
+        """None to let the request through, else (status, message, extra headers)."""
+        if scope["path"] in self.OPEN:
+            return None
+        client = None
+        if self.keys is not None:
+            key = _presented_key(scope)
+            # compare with every key, always: the time taken says nothing about which one matched
+            ok = False
+            for k in self.keys:
+                ok |= key is not None and hmac.compare_digest(key, k)
+            if not ok:
+                return 401, "missing or unknown API key (send x-api-key: KEY)", [(b"www-authenticate", b"Bearer")]
+            client = key
+        if self.rate:
+            client = client or (scope.get("client") or ("?",))[0]
+            now = time.monotonic()
+            tokens, last = self.buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self.buckets[client] = (tokens, now)
+                wait = math.ceil((1.0 - tokens) / self.rate)
+                return 429, f"rate limit of {self.rate:g} requests/s exceeded", [(b"retry-after", str(wait).encode())]
+            if len(self.buckets) > 100_000:              # bounded memory whatever the clients do
+                self.buckets.clear()
+            self.buckets[client] = (tokens - 1.0, now)
+        return None
+
+
+def _presented_key(scope) -> bytes | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-api-key":
+            return value.strip()
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip()
+    return None
 
 
 class ServingMiddleware:
     """Plain ASGI (no per-request task): times every request into the histogram, adds a
-    `server-timing` header, and refuses bodies over the limit with 413."""
+    `server-timing` header, applies the gate (API keys, rate limit), and refuses bodies that are
+    not JSON (415) or over the limit (413, whether announced by Content-Length or found while a
+    chunked body streams in)."""
 
-    def __init__(self, app, metrics: Metrics, max_body: int = S.MAX_BODY_BYTES):
-        self.app, self.metrics, self.max_body = app, metrics, max_body
+    def __init__(self, app, metrics: Metrics, max_body: int = S.MAX_BODY_BYTES, gate: Gate | None = None):
+        self.app, self.metrics, self.max_body, self.gate = app, metrics, max_body, gate
 
     @staticmethod
     def endpoint(path: str) -> str:
@@ -115,31 +170,44 @@ class ServingMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        endpoint = self.endpoint(scope["path"])
         status = [500]
-        started_response = [False]
-        if scope["method"] == "POST" and scope["path"] in JSON_BODY_PATHS and not _is_json(scope):
-            return await self._refuse(send, endpoint, started, 415, "the body must be JSON: send it with "
-                                                                     "content-type: application/json")
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_body
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    return await self._refuse(send, endpoint, started, 413, self._too_large_message)
+        try:
+            await self._handle(scope, receive, send, started, status)
+        finally:
+            endpoint = self.endpoint(scope["path"])
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.responses.labels(endpoint, str(status[0])).inc()
+
+    async def _handle(self, scope, receive, send, started, status):
+        refusal = self.gate.check(scope) if self.gate is not None else None
+        if refusal is None and scope["method"] == "POST" and scope["path"] in JSON_BODY_PATHS:
+            if not _is_json(scope):
+                refusal = 415, "the body must be JSON: send it with content-type: application/json", []
+            elif _content_length(scope) > self.max_body:
+                refusal = 413, self._too_large_message, []
+        if refusal is not None:
+            status[0] = refusal[0]
+            return await _refuse(send, *refusal)
         seen = [0]
+        refused = [False]
+        started_response = [False]
 
         async def limited_receive():
             message = await receive()
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > self.max_body:
-                    raise _BodyTooLarge()
+                    # answer 413 now and tell the app the client left, so it stops reading;
+                    # whatever it tries to send afterwards is dropped
+                    if not started_response[0] and not refused[0]:
+                        refused[0], status[0] = True, 413
+                        await _refuse(send, 413, self._too_large_message, [(b"connection", b"close")])
+                    return {"type": "http.disconnect"}
             return message
 
         async def timed_send(message):
+            if refused[0]:
+                return
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 started_response[0] = True
@@ -148,27 +216,63 @@ class ServingMiddleware:
                     (b"server-timing", f"app;dur={took:.3f}".encode())]
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, timed_send)
-        except _BodyTooLarge:
-            if not started_response[0]:
-                return await self._refuse(send, endpoint, started, 413, self._too_large_message)
-            raise
-        finally:
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-            self.metrics.responses.labels(endpoint, str(status[0])).inc()
+        await self.app(scope, limited_receive, timed_send)
 
     @property
     def _too_large_message(self) -> str:
         return f"request body larger than {self.max_body} bytes"
 
-    async def _refuse(self, send, endpoint, started, status: int, message: str):
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        self.metrics.responses.labels(endpoint, str(status)).inc()
+
+async def _refuse(send, status: int, message: str, headers=()):
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+API_KEYS_ENV = "REASONREC_API_KEYS"
+
+
+def _document_gate(app: FastAPI, keys: bool, rate: float | None):
+    """The OpenAPI document says what the gate does: 401 and the key schemes, 429."""
+    if not keys and not rate:
+        return
+    build = app.openapi
+
+    def openapi():
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        if keys:
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "Bearer": {"type": "http", "scheme": "bearer"}}
+        for path, ops in spec["paths"].items():
+            if path in Gate.OPEN:
+                continue
+            for op in ops.values():
+                if keys:
+                    op["security"] = [{"ApiKey": []}, {"Bearer": []}]
+                    op["responses"]["401"] = {"description": "missing or unknown API key", "content": error}
+                if rate:
+                    op["responses"]["429"] = {"description": f"over {rate:g} requests/s for this client; "
+                                                             "see retry-after", "content": error}
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi
 
 
 def _is_json(scope) -> bool:
@@ -247,12 +351,15 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
                domain: str | None = None, top_n: int = 20, batch_size: int = 8, profiles: bool = True,
                interaction_reasons: bool = True, start_worker: bool = True, torch_threads: int | None = 1,
                max_attempts: int = 3, jit: bool = True, retry_failed_after: float | None = 300.0,
-               split: bool = True) -> FastAPI:
+               split: bool = True, api_keys: list[str] | None = None, rate_limit: float | None = None,
+               rate_burst: float | None = None) -> FastAPI:
     """The service over a model bundle and an explanation store.
 
     llm: None (no worker: explanations come only from what is already in the store / bundle, events
     still queue their jobs durably), a backend object, or a spec string (`embedded`,
-    `openai:MODEL@URL`, `py:module:factory?arg=1`, see `worker.resolve_llm`)."""
+    `openai:MODEL@URL`, `py:module:factory?arg=1`, see `worker.resolve_llm`).
+    api_keys: keys that /v1/* requires; default: the comma-separated API_KEYS_ENV variable, and
+    no key required when it is unset or empty. rate_limit: requests/s per client (see `Gate`)."""
     if torch_threads:
         torch.set_num_threads(torch_threads)
     bundle_dir = Path(bundle_dir)
@@ -298,7 +405,13 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
                   description="Explainable recommendations: scores with precomputed LLM reasons.")
     app.state.index, app.state.state, app.state.store, app.state.worker = index, state, store, worker
     app.state.metrics = metrics
-    app.add_middleware(ServingMiddleware, metrics=metrics)
+    if api_keys is None:
+        api_keys = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    if rate_limit is not None and rate_limit <= 0:
+        raise ReasonrecError(f"rate limit must be positive, got {rate_limit}")
+    gate = Gate(api_keys or None, rate_limit, rate_burst) if api_keys or rate_limit else None
+    app.add_middleware(ServingMiddleware, metrics=metrics, gate=gate)
+    _document_gate(app, bool(api_keys), rate_limit)
     _install_error_handlers(app)
 
     task = index.task
@@ -497,8 +610,12 @@ def _install_error_handlers(app: FastAPI):
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, store: str | Path | None = None,
-          llm=None, log_level: str = "info", **options):
-    """Run the service with uvicorn (one process: the index and the worker live in it)."""
+          llm=None, log_level: str = "info", max_header_bytes: int = 16 * 1024, read_timeout: float = 10.0,
+          idle_timeout: float = 10.0, keep_alive: float = 5.0, **options):
+    """Run the service with uvicorn (one process: the index and the worker live in it).
+
+    max_header_bytes, read_timeout (a whole request, from its first byte), idle_timeout (a new
+    connection's first byte) and keep_alive (between requests) bound what a client can hold."""
     import importlib.util
 
     import uvicorn
@@ -506,16 +623,24 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, store: 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Path(store) if store else DEFAULT_STORE
     app = create_app(bundle, store, llm, **options)
+    if importlib.util.find_spec("httptools"):
+        from reasonrec.serve.protocol import LimitedHttpTools
+
+        http = LimitedHttpTools.with_limits(max_header_bytes, idle_timeout, read_timeout)
+    else:                          # h11 bounds the headers itself; it has no read timeout
+        log.warning("httptools is not installed: no read timeout (pip install httptools)")
+        http = "h11"
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
-                loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-                http="httptools" if importlib.util.find_spec("httptools") else "h11")
+                loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio", http=http,
+                h11_max_incomplete_event_size=max_header_bytes, timeout_keep_alive=keep_alive)
 
 
 def main(argv: list[str] | None = None):
     """`python -m reasonrec.serve --bundle DIR [--store FILE] [--llm SPEC] [--port N]`."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m reasonrec.serve", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m reasonrec.serve", description=main.__doc__,
+                                epilog=f"API keys: set {API_KEYS_ENV}=key1,key2 to require one on /v1/*")
     p.add_argument("--bundle", required=True, help="model bundle directory")
     p.add_argument("--store", default=None, help=f"explanation store [default: {DEFAULT_STORE}]")
     p.add_argument("--state", default=None, help="event log + job queue [default: beside the store]")
@@ -535,13 +660,21 @@ def main(argv: list[str] | None = None):
                    help="score every candidate with the full forward (no once-per-user half; for comparisons)")
     p.add_argument("--retry-failed-after", type=float, default=300.0,
                    help="seconds before jobs that failed on backend errors get a fresh set of attempts")
+    p.add_argument("--max-header-bytes", type=int, default=16 * 1024, help="larger request headers get 431")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds a request may take to arrive, from its first byte (then 408)")
+    p.add_argument("--idle-timeout", type=float, default=10.0, help="seconds a new connection may stay silent")
+    p.add_argument("--rate-limit", type=float, default=None, help="requests/s per client (API key, else address)")
+    p.add_argument("--rate-burst", type=float, default=None, help="requests a client may send at once [= rate]")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     try:
         serve(a.bundle, a.host, a.port, store=a.store, llm=a.llm, log_level=a.log_level, state_path=a.state,
               domain=a.domain, top_n=a.top_n, batch_size=a.batch_size, profiles=not a.no_profiles,
               interaction_reasons=not a.no_interaction_reasons, torch_threads=a.threads, jit=not a.no_jit,
-              retry_failed_after=a.retry_failed_after, split=not a.no_split)
+              retry_failed_after=a.retry_failed_after, split=not a.no_split, max_header_bytes=a.max_header_bytes,
+              read_timeout=a.read_timeout, idle_timeout=a.idle_timeout, rate_limit=a.rate_limit,
+              rate_burst=a.rate_burst)
     except ReasonrecError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
