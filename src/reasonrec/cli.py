@@ -233,6 +233,8 @@ def serve_cmd(
     idle_timeout: float = typer.Option(10.0, help="seconds a new connection may stay silent"),
     rate_limit: Optional[float] = typer.Option(None, help="requests/s per client (API key, else address)"),
     rate_burst: Optional[float] = typer.Option(None, help="requests a client may send at once [= rate]"),
+    processes: int = typer.Option(1, help="server processes sharing the port; >1 also moves the LLM worker to "
+                                          "its own process"),
 ):
     """Serve /v1/score, /v1/recommend, /v1/events, /healthz and /metrics over a bundle.
 
@@ -242,7 +244,7 @@ def serve_cmd(
     serve(bundle, host, port, store=store, state_path=state, llm=llm, domain=domain, top_n=top_n,
           batch_size=batch_size, profiles=profiles, torch_threads=threads, jit=jit,
           retry_failed_after=retry_failed_after, max_header_bytes=max_header_bytes, read_timeout=read_timeout,
-          idle_timeout=idle_timeout, rate_limit=rate_limit, rate_burst=rate_burst)
+          idle_timeout=idle_timeout, rate_limit=rate_limit, rate_burst=rate_burst, processes=processes)
 
 
 @app.command("precompute")

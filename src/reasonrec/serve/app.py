@@ -242,6 +242,15 @@ def _content_length(scope) -> int:
 
 
 API_KEYS_ENV = "REASONREC_API_KEYS"
+WORKER_HEARTBEAT_STALE = 30.0      # seconds without a beat from the worker process before health degrades
+
+
+def _heartbeat(state) -> float | None:
+    try:
+        beat = state.guard(lambda con: con.execute("SELECT value FROM meta WHERE key='worker_heartbeat'").fetchone())
+    except StorageUnavailable:
+        return None
+    return float(beat[0]) if beat else None
 
 
 def _document_gate(app: FastAPI, keys: bool, rate: float | None):
@@ -308,6 +317,17 @@ def load_bundle(bundle_dir: Path):
     """reasonrec.load with errors that name the bundle file at fault."""
     from reasonrec.estimator import Recommender
 
+    _probe_bundle(bundle_dir)
+    try:
+        return Recommender.load(bundle_dir)
+    except ReasonrecError:
+        raise
+    except Exception as err:          # files that parse but do not fit together (state-dict mismatch, ...)
+        raise ReasonrecError(f"bundle {bundle_dir}: cannot be loaded ({_first_line(err)})") from None
+
+
+def _probe_bundle(bundle_dir: Path):
+    """Every bundle file present, non-empty and parseable, or an error naming the one that is not."""
     if not bundle_dir.is_dir():
         raise ReasonrecError(f"bundle {bundle_dir}: no such directory")
     missing = [f for f in BUNDLE_FILES if not (bundle_dir / f).is_file()]
@@ -322,12 +342,6 @@ def load_bundle(bundle_dir: Path):
             _probe(bundle_dir / name)
         except Exception as err:
             raise ReasonrecError(f"bundle {bundle_dir}: {name} is damaged ({_first_line(err)})") from None
-    try:
-        return Recommender.load(bundle_dir)
-    except ReasonrecError:
-        raise
-    except Exception as err:          # files that parse but do not fit together (state-dict mismatch, ...)
-        raise ReasonrecError(f"bundle {bundle_dir}: cannot be loaded ({_first_line(err)})") from None
 
 
 def _first_line(err: Exception) -> str:
@@ -352,14 +366,16 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
                interaction_reasons: bool = True, start_worker: bool = True, torch_threads: int | None = 1,
                max_attempts: int = 3, jit: bool = True, retry_failed_after: float | None = 300.0,
                split: bool = True, api_keys: list[str] | None = None, rate_limit: float | None = None,
-               rate_burst: float | None = None) -> FastAPI:
+               rate_burst: float | None = None, follow: bool = False, worker_elsewhere: bool = False) -> FastAPI:
     """The service over a model bundle and an explanation store.
 
     llm: None (no worker: explanations come only from what is already in the store / bundle, events
     still queue their jobs durably), a backend object, or a spec string (`embedded`,
     `openai:MODEL@URL`, `py:module:factory?arg=1`, see `worker.resolve_llm`).
     api_keys: keys that /v1/* requires; default: the comma-separated API_KEYS_ENV variable, and
-    no key required when it is unset or empty. rate_limit: requests/s per client (see `Gate`)."""
+    no key required when it is unset or empty. rate_limit: requests/s per client (see `Gate`).
+    follow: other processes write the same files (`multi.py`): tail them (`follow.Follower`).
+    worker_elsewhere: the explanation worker runs in its own process (health reads its heartbeat)."""
     if torch_threads:
         torch.set_num_threads(torch_threads)
     bundle_dir = Path(bundle_dir)
@@ -392,12 +408,21 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
     if not (split and index.enable_split()) and jit:
         index.trace()
     _warm_up(index)
+    follower = None
+    if follow:
+        from reasonrec.serve.follow import Follower
+
+        follower = Follower(index, state, store)
 
     @asynccontextmanager
     async def lifespan(app):
         if worker is not None and start_worker:
             worker.start()
+        if follower is not None:
+            follower.start()
         yield
+        if follower is not None:
+            follower.stop()
         if worker is not None:
             worker.stop(timeout=5)
 
@@ -515,10 +540,13 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
         user, item = req.user_id, req.item_id
         if not index.in_catalog(item):
             raise HTTPException(404, f"unknown item_id {item!r}: events must name an item of the catalog")
-        history = index.next_history(user, item)
         ts = int(time.time()) if req.timestamp is None else req.timestamp
-        event_id = state.append_event(user, item, req.rating, req.label, ts, history)   # durable first
-        index.apply_event(user, item)
+        if follower is not None:
+            event_id, _ = follower.post_event(user, item, req.rating, req.label, ts)
+        else:
+            history = index.next_history(user, item)
+            event_id = state.append_event(user, item, req.rating, req.label, ts, history)   # durable first
+            index.apply_event(user, item)
         metrics.events.inc()
         if worker is not None:
             worker.notify()
@@ -550,12 +578,21 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
         status = "disabled" if worker is None else ("running" if worker.running else "stopped")
         if worker is not None and start_worker and status == "stopped":
             reasons.append("the explanation worker has stopped")
+        if worker_elsewhere:
+            status = "separate"
+            beat = _heartbeat(state)
+            if beat is None or time.time() - beat > WORKER_HEARTBEAT_STALE:
+                reasons.append("the explanation worker process has not reported for "
+                               f"{'ever' if beat is None else f'{time.time() - beat:.0f} s'}")
+        if follower is not None and follower.last_error:
+            reasons.append(f"not following the other processes' writes: {follower.last_error}")
         if worker is not None and worker.failing_since is not None:
             when = time.strftime("%H:%M:%S", time.gmtime(worker.failing_since))
             reasons.append(f"worker failing since {when} UTC: {worker.stats.last_error}")
         return FastJSON({"status": "degraded" if reasons else "ok", "reasons": reasons, "model": index.model_name,
                          "users": len(index.history), "items": len(index.catalog_ids), "queue_depth": queue,
-                         "worker": status, "llm": backend.model_id if backend is not None else None})
+                         "worker": status, "llm": backend.model_id if backend is not None else None,
+                         "pid": os.getpid()})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
     async def prometheus():
@@ -611,18 +648,31 @@ def _install_error_handlers(app: FastAPI):
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, store: str | Path | None = None,
           llm=None, log_level: str = "info", max_header_bytes: int = 16 * 1024, read_timeout: float = 10.0,
-          idle_timeout: float = 10.0, keep_alive: float = 5.0, **options):
-    """Run the service with uvicorn (one process: the index and the worker live in it).
+          idle_timeout: float = 10.0, keep_alive: float = 5.0, processes: int = 1, **options):
+    """Run the service with uvicorn: one process holding the index and the worker thread, or
+    (processes > 1) that many server processes on one port plus the worker in its own process
+    (`multi.py`).
 
     max_header_bytes, read_timeout (a whole request, from its first byte), idle_timeout (a new
     connection's first byte) and keep_alive (between requests) bound what a client can hold."""
-    import importlib.util
-
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Path(store) if store else DEFAULT_STORE
+    limits = {"max_header_bytes": max_header_bytes, "read_timeout": read_timeout, "idle_timeout": idle_timeout,
+              "keep_alive": keep_alive}
+    if processes > 1:
+        from reasonrec.serve.multi import serve_processes
+
+        return serve_processes(bundle, host, port, store, llm, processes, log_level, limits, options)
     app = create_app(bundle, store, llm, **options)
+    uvicorn.run(**uvicorn_options(app, host, port, log_level, **limits))
+
+
+def uvicorn_options(app, host: str, port: int, log_level: str, max_header_bytes: int = 16 * 1024,
+                    read_timeout: float = 10.0, idle_timeout: float = 10.0, keep_alive: float = 5.0) -> dict:
+    import importlib.util
+
     if importlib.util.find_spec("httptools"):
         from reasonrec.serve.protocol import LimitedHttpTools
 
@@ -630,7 +680,7 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, store: 
     else:                          # h11 bounds the headers itself; it has no read timeout
         log.warning("httptools is not installed: no read timeout (pip install httptools)")
         http = "h11"
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+    return dict(app=app, host=host, port=port, log_level=log_level, access_log=False,
                 loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio", http=http,
                 h11_max_incomplete_event_size=max_header_bytes, timeout_keep_alive=keep_alive)
 
@@ -666,6 +716,8 @@ def main(argv: list[str] | None = None):
     p.add_argument("--idle-timeout", type=float, default=10.0, help="seconds a new connection may stay silent")
     p.add_argument("--rate-limit", type=float, default=None, help="requests/s per client (API key, else address)")
     p.add_argument("--rate-burst", type=float, default=None, help="requests a client may send at once [= rate]")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port; >1 also moves the LLM worker to its own process")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     try:
@@ -674,7 +726,7 @@ def main(argv: list[str] | None = None):
               interaction_reasons=not a.no_interaction_reasons, torch_threads=a.threads, jit=not a.no_jit,
               retry_failed_after=a.retry_failed_after, split=not a.no_split, max_header_bytes=a.max_header_bytes,
               read_timeout=a.read_timeout, idle_timeout=a.idle_timeout, rate_limit=a.rate_limit,
-              rate_burst=a.rate_burst)
+              rate_burst=a.rate_burst, processes=a.processes)
     except ReasonrecError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

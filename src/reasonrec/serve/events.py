@@ -129,6 +129,25 @@ class StateDB(Guarded, LocalDB):
         """(user_id, item_id) of every logged event, in arrival order."""
         return self._read("SELECT user_id, item_id FROM events ORDER BY id")
 
+    def events_after(self, last_id: int) -> list[tuple[int, str, str]]:
+        """(id, user_id, item_id) of the events logged after `last_id`, in order."""
+        return self._read("SELECT id, user_id, item_id FROM events WHERE id>? ORDER BY id", (last_id,))
+
+    def pairs_after(self, last_rowid: int) -> list[tuple[int, str, str, str, dict]]:
+        """(rowid, user, item, sig, {task: key}) of the served pairs written after `last_rowid`."""
+        rows = self._read("SELECT rowid, user_id, item_id, sig, keys FROM pairs WHERE rowid>? ORDER BY rowid",
+                          (last_rowid,), self.background_budget)
+        return [(r, u, i, s, json.loads(k)) for r, u, i, s, k in rows]
+
+    def pending_pairs_after(self, last_id: int) -> list[tuple[int, str, str, str]]:
+        return self._read("SELECT id, user_id, item_id, sig FROM jobs WHERE id>? AND kind='pair' AND status='pending' "
+                          "ORDER BY id", (last_id,), self.background_budget)
+
+    def last_ids(self) -> tuple[int, int]:
+        """(largest pair rowid, largest job id): where a Follower starts."""
+        row = self._read("SELECT (SELECT IFNULL(MAX(rowid), 0) FROM pairs), (SELECT IFNULL(MAX(id), 0) FROM jobs)")
+        return row[0][0], row[0][1]
+
     def event_count(self) -> int:
         return self._read("SELECT COUNT(*) FROM events")[0][0]
 

@@ -98,6 +98,7 @@ class ServingIndex:
         self.expl: dict[str, UserExpl] = {}
         self._traced, self._traced_keys = None, []
         self._split = None
+        self.last_event_id = 0
         if self.uses_text:
             self.empty = self._vecs_of([{c: "" for c in self.text_columns}])[0]       # (slots, d)
         self.d = self.empty.shape[1] if self.uses_text else 0
@@ -207,7 +208,9 @@ class ServingIndex:
         self.sig[user] = history_sig(h)
 
     def replay_events(self, state: StateDB):
-        events = state.events()
+        rows = state.events_after(0)
+        self.last_event_id = rows[-1][0] if rows else 0     # where a Follower takes over
+        events = [(u, i) for _, u, i in rows]
         for user, item in events:
             self._set_history(user, self.history.get(user, []) + [item])
             self.seen.setdefault(user, set()).add(item)

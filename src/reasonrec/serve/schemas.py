@@ -150,8 +150,9 @@ class Health(BaseModel):
     users: int
     items: int
     queue_depth: int | None = Field(..., description="pending jobs; null while the state DB is unreadable")
-    worker: Literal["running", "stopped", "disabled"]
+    worker: Literal["running", "stopped", "disabled", "separate"]
     llm: str | None
+    pid: int = Field(..., description="the server process that answered (several may share the port)")
 
 
 class ErrorBody(BaseModel):

@@ -106,11 +106,12 @@ class WorkerStats:
 class Worker:
     def __init__(self, index: ServingIndex, state: StateDB, store, backend, templates, top_n: int = 20,
                  batch_size: int = 8, max_attempts: int = 3, profiles: bool = True, idle_wait: float = 1.0,
-                 retry_failed_after: float | None = 300.0, max_backoff: float = 10.0):
+                 retry_failed_after: float | None = 300.0, max_backoff: float = 10.0, before_step=None):
         self.index, self.state, self.store, self.backend = index, state, store, backend
         self.top_n, self.batch_size, self.max_attempts, self.idle_wait = top_n, batch_size, max_attempts, idle_wait
         self.retry_failed_after, self.max_backoff = retry_failed_after, max_backoff
         self._next_revive = 0.0
+        self.before_step = before_step              # e.g. catch up with other processes' writes
         self.failing_since: float | None = None     # first of the consecutive failed steps
         variant = variant_for(templates, index.text_columns)
         self.explainer = Explainer(backend, store, templates,
@@ -177,6 +178,8 @@ class Worker:
     # --- one step --------------------------------------------------------------------------
 
     def step(self) -> bool:
+        if self.before_step is not None:
+            self.before_step()
         refresh = self.state.next_jobs("refresh", 1)
         if refresh:
             self._refresh(refresh[0])
