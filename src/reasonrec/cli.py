@@ -305,13 +305,19 @@ def bench_serve(
     endpoints: str = typer.Option("score,recommend", help="score, recommend or both"),
     server_arg: list[str] = typer.Option([], help="extra `python -m reasonrec.serve` flag (repeatable), "
                                                   "e.g. --server-arg=--no-split"),
+    issue: bool = typer.Option(False, help="issue #17's acceptance run: 1 and 2 server processes, /v1/score "
+                                           "while the worker generates, pass/fail per target"),
     out: Path = typer.Option(Path("artifacts/bench/serve/results.json")),
 ):
     """Loopback load on /v1/score and /v1/recommend: p50/p99 per concurrency, and the throughput where p99 < 10 ms."""
-    from reasonrec.bench.serve_load import build_bench_bundle, run_serve_bench
+    from reasonrec.bench.serve_load import build_bench_bundle, run_issue_bench, run_serve_bench
 
     if bundle is None:
         bundle = build_bench_bundle(out.parent / "bundle")
+    if issue:
+        run_issue_bench(bundle, levels=tuple(int(x) for x in levels.split(",")), max_requests=max_requests,
+                        max_seconds=max_seconds, candidates=candidates, out=out, echo=typer.echo)
+        return
     run_serve_bench(bundle, levels=tuple(int(x) for x in levels.split(",")), max_requests=max_requests,
                     max_seconds=max_seconds, candidates=candidates, endpoints=tuple(endpoints.split(",")),
                     server_args=tuple(server_arg), out=out, echo=typer.echo)

@@ -10,6 +10,11 @@ reports p50/p99/max client-side latency, the server-side time (the `server-timin
 inside the app, without the network and client), throughput and errors, and the highest
 throughput whose p99 stays under the target (10 ms).
 
+`run_issue_bench` is the acceptance run of issue #17 in one go: both endpoints at concurrency
+1, 8, 32 with one server process and with two, /v1/score at concurrency 1 while the explanation
+worker generates (BusyLLM: a stand-in that burns real CPU in torch per prompt, fed by a stream of
+events), and a pass/fail line per target.
+
 Only 127.0.0.1 is used. On a small shared machine the clients compete with the server for CPU;
 the server-side column shows how much of the latency is the service itself.
 """
@@ -165,6 +170,161 @@ def run_level(port: int, bodies: list[bytes], concurrency: int, max_requests: in
             "server_p50_ms": ms(_pct(server, 50)), "server_p99_ms": ms(_pct(server, 99))}
 
 
+class BusyLLM:
+    """NOT a model: a load generator for the worker phase of the bench. Each prompt costs
+    `seconds` of real CPU (torch matrix products, as a small model's decoding would) and gets a
+    fixed sentence that passes the explanation clean-up."""
+
+    def __init__(self, seconds: float = 0.02, model_id: str = "busy-bench-llm"):
+        from reasonrec.llm.base import Capabilities
+
+        self.seconds, self.model_id = seconds, model_id
+        self.capabilities = Capabilities(batching=True, prefix_sharing=False, logprobs=False)
+
+    def generate(self, prompts, params):
+        import torch
+
+        from reasonrec.llm.base import Generation
+
+        a = torch.randn(256, 256)
+        end = time.perf_counter() + self.seconds * len(prompts)
+        while time.perf_counter() < end:
+            a = torch.tanh(a @ a)
+        return [Generation(" the consumer likes what this item offers and it fits.", tokens=12) for _ in prompts]
+
+    def generate_groups(self, groups, params):
+        from reasonrec.llm.base import generate_flat
+
+        return generate_flat(self, groups, params)
+
+
+def _feed_events(port: int, bundle: Path, stop, every: float = 0.3, seed: int = 1) -> None:
+    """Post an event every `every` seconds, so the worker always has refreshes to explain."""
+    import http.client
+
+    spec = json.loads((bundle / "features.json").read_text())
+    users, items = sorted(spec["users"]), sorted(spec["items"])
+    rng = random.Random(seed)
+    while not stop.is_set():
+        try:
+            con = http.client.HTTPConnection(HOST, port, timeout=10)
+            body = json.dumps({"user_id": rng.choice(users), "item_id": rng.choice(items)})
+            con.request("POST", "/v1/events", body, {"content-type": "application/json"})
+            con.getresponse().read()
+            con.close()
+        except OSError:
+            pass
+        stop.wait(every)
+
+
+def _metric(port: int, name: str) -> float:
+    import http.client
+
+    con = http.client.HTTPConnection(HOST, port, timeout=10)
+    con.request("GET", "/metrics")
+    text = con.getresponse().read().decode()
+    con.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def run_issue_bench(bundle: str | Path, *, levels=(1, 8, 32), max_requests: int = 2000, max_seconds: float = 10.0,
+                    candidates: int = 100, busy_seconds: float = 0.02, out: str | Path | None = None,
+                    echo=print) -> dict:
+    """Issue #17's targets in one run (see the module docstring); returns the rows and checks."""
+    import threading
+
+    bundle = Path(bundle)
+    results: dict = {"bundle": str(bundle), "cpus": os.cpu_count(), "runs": {}}
+    for procs in (1, 2):
+        echo(f"--- {procs} server process{'es' if procs > 1 else ''}")
+        results["runs"][procs] = run_serve_bench(bundle, levels=levels, max_requests=max_requests,
+                                                 max_seconds=max_seconds, candidates=candidates,
+                                                 server_args=("--processes", str(procs)), echo=echo)
+    results["score_while_generating"] = {}
+    for procs in (1, 2):
+        where = "a thread of the server" if procs == 1 else "its own process, beside 2 web processes"
+        echo(f"--- /v1/score at concurrency 1 while the worker generates in {where} (BusyLLM, events every 0.3 s)")
+        busy = _score_while_generating(bundle, procs, busy_seconds, candidates, max_requests, max_seconds)
+        echo(f"/v1/score c=1, worker in {where} ({busy['worker_rows_generated_meanwhile']:.0f} rows generated "
+             f"meanwhile): p50 {busy['p50_ms']} ms, p99 {busy['p99_ms']} ms, errors {busy['errors']}")
+        results["score_while_generating"][procs] = busy
+    busy = results["score_while_generating"][2]
+
+    def row(procs, endpoint, c):
+        return next((r for r in results["runs"][procs]["levels"] if r["endpoint"] == endpoint
+                     and r["concurrency"] == c), None)
+
+    top = max(levels)
+    single = max(r["throughput_rps"] for r in results["runs"][1]["levels"] if r["endpoint"] == "/v1/score")
+    double = max(r["throughput_rps"] for r in results["runs"][2]["levels"] if r["endpoint"] == "/v1/score")
+    rec8, rec1 = row(1, "/v1/recommend", 8 if 8 in levels else top), row(1, "/v1/recommend", 1)
+    errors = sum(r["errors"] for run in results["runs"].values() for r in run["levels"]) + sum(
+        b["errors"] for b in results["score_while_generating"].values())
+    checks = {
+        "score p99 < 5 ms at c=1 while the worker (own process) generates": (busy["p99_ms"], busy["p99_ms"] is not None
+                                                                             and busy["p99_ms"] < 5),
+        "score throughput, 2 processes >= 1.5x one": (round(double / single, 2) if single else None,
+                                                      bool(single) and double >= 1.5 * single),
+        "recommend >= 500 req/s at c=8": (rec8 and rec8["throughput_rps"], bool(rec8) and rec8["throughput_rps"] >= 500),
+        "recommend p99 < 10 ms at c=1": (rec1 and rec1["p99_ms"], bool(rec1) and rec1["p99_ms"] < 10),
+        "0 errors": (errors, errors == 0),
+    }
+    results["checks"] = {k: {"value": v, "pass": ok} for k, (v, ok) in checks.items()}
+    results["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    for name, (value, ok) in checks.items():
+        echo(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
+    echo(f"(load average at the end: {results['load_avg']} on {results['cpus']} CPUs)")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _score_while_generating(bundle: Path, procs: int, busy_seconds: float, candidates: int, max_requests: int,
+                            max_seconds: float) -> dict:
+    import threading
+
+    spec = f"py:reasonrec.bench.serve_load:BusyLLM?seconds={busy_seconds}"
+    tmp = tempfile.TemporaryDirectory(prefix="reasonrec-serve-bench-")
+    port = free_port()
+    with open(Path(tmp.name) / "server.log", "wb") as log_file:
+        proc = start_server(bundle, Path(tmp.name) / "store.sqlite", port, "--llm", spec, "--top-n", "20",
+                            "--processes", str(procs), log_file=log_file)
+        stop = threading.Event()
+        try:
+            wait_healthy(port, proc)
+            feeder = threading.Thread(target=_feed_events, args=(port, bundle, stop), daemon=True)
+            feeder.start()
+            time.sleep(3.0)                                          # the worker is busy by now
+            before = _worker_rows(port, procs, tmp.name)
+            bodies = _bodies(bundle, candidates, 256, 0, "score")
+            busy = run_level(port, bodies, 1, max_requests, max_seconds, "score")
+            busy["worker_rows_generated_meanwhile"] = _worker_rows(port, procs, tmp.name) - before
+        finally:
+            stop.set()
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    tmp.cleanup()
+    return busy
+
+
+def _worker_rows(port: int, procs: int, tmp: str) -> float:
+    """Rows in the store: the worker's progress, whichever process it runs in."""
+    import sqlite3
+
+    if procs == 1:
+        return _metric(port, "reasonrec_worker_generated_total")
+    con = sqlite3.connect(f"file:{Path(tmp) / 'store.sqlite'}?mode=ro", uri=True, timeout=10)
+    try:
+        return float(con.execute("SELECT COUNT(*) FROM generations").fetchone()[0])
+    finally:
+        con.close()
+
+
 def run_serve_bench(bundle: str | Path, *, store: str | Path | None = None, levels=(1, 8, 32),
                     max_requests: int = 2000, max_seconds: float = 20.0, candidates: int = 100,
                     target_p99_ms: float = 10.0, warmup: int = 200, server_args: tuple = (), seed: int = 0,
@@ -270,11 +430,17 @@ def main(argv: list[str] | None = None):
     p.add_argument("--max-seconds", type=float, default=20.0)
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
+    p.add_argument("--issue", action="store_true", help="issue #17's acceptance run (1 and 2 processes, "
+                                                        "worker phase, pass/fail per target)")
     a = p.parse_args(argv)
     bundle = Path(a.bundle) if a.bundle else Path(a.work) / "bundle"
     if not (bundle / "bundle.json").is_file():
         print(f"building a synthetic-explanation bundle at {bundle} ...")
         build_bench_bundle(bundle)
+    if a.issue:
+        run_issue_bench(bundle, levels=tuple(int(x) for x in a.levels.split(",")), max_requests=a.max_requests,
+                        max_seconds=a.max_seconds, candidates=a.candidates, out=Path(a.work) / "issue17.json")
+        return
     run_serve_bench(bundle, levels=tuple(int(x) for x in a.levels.split(",")), max_requests=a.max_requests,
                     max_seconds=a.max_seconds, candidates=a.candidates, server_args=tuple(a.server_arg),
                     endpoints=tuple(a.endpoints.split(",")), out=Path(a.work) / "serve_load.json")
