@@ -14,6 +14,11 @@ written (read-only past the retry budget, or deleted/replaced under the server: 
 `storage.py`; the write is refused, never acknowledged and lost), a generic 500 (details logged
 here, never sent) for anything unexpected. /healthz says `degraded`, with the reasons, while a
 database or the worker is in trouble.
+
+In front of the app: header-size and read/idle-timeout limits in the HTTP protocol
+(`protocol.py`), then `ServingMiddleware`: optional API keys (REASONREC_API_KEYS) and per-client
+rate limit, 415 for non-JSON bodies, 413 for oversized ones. `serve(..., processes=N)` runs N
+server processes and the worker in its own (`multi.py`).
 """
 
 from __future__ import annotations

@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from reasonrec.serve.storage import StorageUnavailable
-
 log = logging.getLogger("reasonrec.serve")
 
 
@@ -82,7 +80,7 @@ class Follower:
             try:
                 self.poll()
                 self.last_error = None
-            except (StorageUnavailable, Exception) as err:       # keep following once the DB is back
+            except Exception as err:      # storage trouble included: keep following once the DB is back
                 if self.last_error is None:
                     log.warning("following the state DB failed: %s", err)
                 self.last_error = f"{type(err).__name__}: {err}"
