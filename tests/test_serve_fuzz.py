@@ -58,6 +58,7 @@ def test_no_server_errors(api_schema, live, mode):
         case.validate_response(response)      # every schemathesis check: statuses, schemas, headers, ...
 
     run()
+    print(f"{mode}: {sum(outcomes.values())} cases, statuses {sorted(Counter(s for *_, s in outcomes.elements()).items())}")
     operations = {(m, p) for m, p, _ in outcomes}
     # every operation was reached (healthz and metrics take no input, so no negative cases for them)
     assert len(operations) >= (6 if mode == GenerationMode.POSITIVE else 4), outcomes
