@@ -250,6 +250,7 @@ def serve_cmd(
 @app.command("precompute")
 def precompute_cmd(
     bundle: Path = typer.Option(...), store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    state: Optional[Path] = typer.Option(None, help="the server's state DB [default: <store>.serve.sqlite]"),
     llm: str = typer.Option("embedded"), users: Optional[list[str]] = typer.Option(None, help="[default: all]"),
     top_n: int = typer.Option(20), batch_size: int = typer.Option(16), domain: Optional[str] = typer.Option(None),
     profiles: bool = typer.Option(True), max_seconds: Optional[float] = typer.Option(None),
@@ -258,7 +259,8 @@ def precompute_cmd(
     from reasonrec.serve import precompute
 
     typer.echo(json.dumps(precompute(bundle, store, llm, users=users or None, top_n=top_n, batch_size=batch_size,
-                                     domain=domain, profiles=profiles, max_seconds=max_seconds), indent=2))
+                                     domain=domain, profiles=profiles, max_seconds=max_seconds, state_path=state),
+                          indent=2))
 
 
 bench_app = typer.Typer(help="Benchmarks: LLM throughput, serving latency, and YAML specs -> cached runs -> REPORT.md.", no_args_is_help=True)
