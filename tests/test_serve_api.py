@@ -120,6 +120,14 @@ BAD = [
     ("POST", "/v1/events", {"user_id": "1", "item_id": "no-such-item"}, 404, "unknown item_id 'no-such-item'"),
     ("POST", "/v1/events", {"user_id": "1", "item_id": "1", "label": 2}, 422, "label"),
     ("POST", "/v1/events", {"user_id": "1"}, 422, "item_id: Field required"),
+    # strict types: nothing is coerced
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "attention": 0}, 422, "attention: Input should be a valid boolean"),
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "explanations": "yes"}, 422, "explanations: Input should be a valid boolean"),
+    ("POST", "/v1/recommend", {"user_id": "1", "k": "10"}, 422, "k: Input should be a valid integer"),
+    ("POST", "/v1/events", {"user_id": "1", "item_id": "1", "label": True}, 422, "label: Input should be a valid integer"),
+    # context: the bundle's fields and ranges, as the OpenAPI document says
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "context": {"ctx_hour": 24}}, 422, "context.ctx_hour: Input should be less than or equal to 23"),
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": ["1"], "context": {"bogus": 1}}, 422, "context.bogus: Extra inputs are not permitted"),
     ("GET", "/v1/users/no-such-user", None, 404, "unknown user_id 'no-such-user'"),
     ("GET", "/v1/score", None, 405, "Method Not Allowed"),
     ("GET", "/v1/nothing-here", None, 404, "Not Found"),
@@ -137,6 +145,30 @@ def test_bad_input_is_4xx_with_a_message(server, method, path, body, status, mes
     err = r.json()["error"]
     assert message in err, err
     assert "Traceback" not in r.text
+
+
+def test_content_type_and_encoding(server, ids):
+    body = {"user_id": ids["users"][0], "item_ids": ids["items"][:2]}
+    import json as _json
+
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": ctype} if ctype else {}
+        r = server.client.post("/v1/score", content=_json.dumps(body), headers=headers)
+        assert r.status_code == 415 and "application/json" in r.json()["error"], (ctype, r.text)
+    r = server.client.post("/v1/score", content=_json.dumps(body), headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+    r = server.client.post("/v1/events", content=b'{"user_id": "\xff\xfe", "item_id": "1"}',
+                           headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "UTF-8" in r.json()["error"], r.text
+    # both are in the OpenAPI document, with the context fields the bundle has
+    spec = server.client.get("/openapi.json").json()
+    for path in ("/v1/score", "/v1/recommend", "/v1/events"):
+        assert {"400", "415", "422"} <= set(spec["paths"][path]["post"]["responses"]), path
+    assert "503" in spec["paths"]["/v1/events"]["post"]["responses"]
+    context = spec["components"]["schemas"]["Context"]
+    assert set(context["properties"]) == {"ctx_hour", "ctx_weekday"} and context["additionalProperties"] is False
+    good = server.client.post("/v1/score", json={**body, "context": {"ctx_hour": 23, "ctx_weekday": 0}})
+    assert good.status_code == 200, good.text
 
 
 def test_limits_on_body_size_and_raw_nan(server):
@@ -226,7 +258,7 @@ def test_precompute_is_resumable_and_served_after_restart(bundle, ids, tmp_path)
 def test_traced_scorer_matches_eager(bundle, ids, tmp_path):
     from reasonrec.serve.app import create_app
 
-    app = create_app(bundle, tmp_path / "s.sqlite", jit=True)
+    app = create_app(bundle, tmp_path / "s.sqlite", jit=True, split=False)      # the trace serves other models
     index = app.state.index
     assert index._traced is not None
     user, cands = ids["users"][3], ids["items"][:64] + ["cold-one"]
@@ -235,6 +267,46 @@ def test_traced_scorer_matches_eager(bundle, ids, tmp_path):
     slow = index.score_rows(user, rows, cands, model=index.worker_model())
     assert abs(fast.scores - slow.scores).max() < 1e-5
     assert abs(fast.shares - slow.shares).max() < 1e-5
+
+
+def test_split_scorer_gives_the_answers_of_the_full_forward(bundle, ids, tmp_path):
+    """/v1/recommend and /v1/score with the user-side half computed once per request (split.py)
+    answer what the full forward answers: same items in the same order, same scores and attention
+    (up to float rounding), for users with explanations, cold users, a user whose history just
+    changed, and explicit context."""
+    from reasonrec.serve.app import create_app
+
+    app = create_app(bundle, tmp_path / "s.sqlite", jit=False)
+    index = app.state.index
+    assert index._split is not None, "LR-Recsys is served by the split scorer"
+    split = index._split
+    users = ids["users"][:6] + ["cold-one"]
+
+    def answers(c, on: bool):
+        index._split = split if on else None
+        out = []
+        for n, user in enumerate(users):
+            ctx = {"context": {"ctx_hour": n % 24, "ctx_weekday": n % 7}} if n % 2 else {"timestamp": 1_700_000_000}
+            out.append(c.post("/v1/recommend", json={"user_id": user, "k": 50, **ctx}).json())
+            out.append(c.post("/v1/score", json={"user_id": user, "item_ids": ids["items"][:40] + ["nope"], **ctx}).json())
+        return out
+
+    with TestClient(app) as c:
+        for round_ in range(2):
+            fast, full = answers(c, True), answers(c, False)
+            for a, b in zip(fast, full):
+                sa, sb = [x["score"] for x in a["items"]], [x["score"] for x in b["items"]]
+                assert len(sa) == len(sb) > 0 and max(abs(x - y) for x, y in zip(sa, sb)) <= 2e-6
+                # same order, except that items tied to within float rounding may swap
+                for x, y, score in zip(a["items"], b["items"], sb):
+                    assert x["item_id"] == y["item_id"] or abs(x["score"] - y["score"]) <= 2e-6, (x, y)
+                    assert x["reasons"] == y["reasons"] and x["explanations"] == y["explanations"]
+                    if x["item_id"] == y["item_id"]:
+                        assert all(abs(x["attention"][k] - y["attention"][k]) <= 2e-4 for k in x["attention"])
+            # a new event changes the user's history: the cached user-side half must follow it
+            item = next(i for i in ids["items"] if i not in ids["seen"][users[0]])
+            assert c.post("/v1/events", json={"user_id": users[0], "item_id": item}).status_code == 200
+    index._split = split
 
 
 def test_unexpected_errors_are_a_generic_500(bundle, ids, tmp_path, caplog):

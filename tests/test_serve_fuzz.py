@@ -1,9 +1,13 @@
 """Schema-driven fuzzing (schemathesis) of the live server: valid and invalid requests generated
-from its own OpenAPI document must never produce a 5xx. Bounded: a few dozen examples per
-operation, about 10-20 s in all. The worker runs (FAKE LLM, no delay) so events posted by the
+from its own OpenAPI document must never produce a 5xx, and every response must pass all of
+schemathesis' checks (documented status, response schema, content type; valid data accepted,
+invalid data rejected). Bounded: a few dozen examples per operation, about 30 s in all
+(REASONREC_FUZZ_EXAMPLES=1000 for a long run). The worker runs (FAKE LLM, no delay) so events posted by the
 fuzzer exercise the background path concurrently with the requests."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -16,7 +20,7 @@ from schemathesis.generation import GenerationMode  # noqa: E402
 
 from tests.test_serve_support import FAKE_SPEC, Server, build_bundle  # noqa: E402
 
-EXAMPLES = 150
+EXAMPLES = int(os.environ.get("REASONREC_FUZZ_EXAMPLES", "150"))     # raise it for a long run
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +55,10 @@ def test_no_server_errors(api_schema, live, mode):
         response = case.call(base_url=live.url, timeout=30)
         outcomes[(case.method, case.path, response.status_code)] += 1
         assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text}"
+        case.validate_response(response)      # every schemathesis check: statuses, schemas, headers, ...
 
     run()
+    print(f"{mode}: {sum(outcomes.values())} cases, statuses {sorted(Counter(s for *_, s in outcomes.elements()).items())}")
     operations = {(m, p) for m, p, _ in outcomes}
     # every operation was reached (healthz and metrics take no input, so no negative cases for them)
     assert len(operations) >= (6 if mode == GenerationMode.POSITIVE else 4), outcomes

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from reasonrec.llm.base import Generation
 from tests.fakes import FakeLLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,15 +27,20 @@ FAKE_SPEC = "py:tests.test_serve_support:SlowFakeLLM"
 
 
 class SlowFakeLLM(FakeLLM):
-    """FAKE LLM: FakeLLM's deterministic strings, `delay` seconds per generate call."""
+    """FAKE LLM: FakeLLM's deterministic strings, `delay` seconds per generate call; for the first
+    `fail_for` seconds after it is made, every generation is a backend error (a backend that is
+    down, then comes back)."""
 
-    def __init__(self, delay: float = 0.0, model_id: str = "fake-llm"):
+    def __init__(self, delay: float = 0.0, model_id: str = "fake-llm", fail_for: float = 0.0):
         super().__init__(model_id=model_id)
         self.delay = delay
+        self.fail_until = time.monotonic() + fail_for
 
     def generate(self, prompts, params):
         if self.delay:
             time.sleep(self.delay)
+        if time.monotonic() < self.fail_until:
+            return [Generation("", finish_reason="error", error="fake outage") for _ in prompts]
         return super().generate(prompts, params)
 
 
@@ -70,6 +76,12 @@ def bundle_ids(bundle: Path) -> tuple[list[str], list[str]]:
     return sorted(spec["users"]), sorted(spec["items"])
 
 
+def subprocess_env() -> dict[str, str]:
+    """This checkout's src/ first: the venv may hold an editable install of another checkout, and
+    a server subprocess must run the code under test. ROOT makes `tests.` importable (fake LLMs)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+
 def free_port() -> int:
     import socket
 
@@ -81,8 +93,8 @@ def free_port() -> int:
 class Server:
     """`python -m reasonrec.serve` in a subprocess on 127.0.0.1 (a real uvicorn server)."""
 
-    def __init__(self, bundle: Path, store: Path, *args: str, log: Path | None = None):
-        self.bundle, self.store, self.args = bundle, store, args
+    def __init__(self, bundle: Path, store: Path, *args: str, log: Path | None = None, env: dict | None = None):
+        self.bundle, self.store, self.args, self.env = bundle, store, args, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log or store.with_suffix(f".{self.port}.log")
@@ -94,7 +106,7 @@ class Server:
                "--port", str(self.port), "--log-level", "warning", *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                     env={**subprocess_env(), **self.env})
         self.client = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -254,6 +254,8 @@ def train(
 def serve_cmd(
     bundle: Path = typer.Option(..., help="model bundle directory (from `reasonrec train`)"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    state: Optional[Path] = typer.Option(None, help="event log + job queue [default: <store>.serve.sqlite beside "
+                                                    "the store]"),
     llm: Optional[str] = typer.Option(None, help="backend for the explanation worker (embedded | openai:MODEL@URL); "
                                                  "none = serve only what is precomputed"),
     host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
@@ -262,17 +264,31 @@ def serve_cmd(
     domain: Optional[str] = typer.Option(None), profiles: bool = typer.Option(True),
     threads: int = typer.Option(1, help="torch threads on the request path"),
     jit: bool = typer.Option(True, help="serve a verified TorchScript trace of the model"),
+    retry_failed_after: float = typer.Option(300.0, help="seconds before jobs that failed on backend errors are "
+                                                         "tried again"),
+    max_header_bytes: int = typer.Option(16 * 1024, help="larger request headers get 431"),
+    read_timeout: float = typer.Option(10.0, help="seconds a request may take to arrive (then 408)"),
+    idle_timeout: float = typer.Option(10.0, help="seconds a new connection may stay silent"),
+    rate_limit: Optional[float] = typer.Option(None, help="requests/s per client (API key, else address)"),
+    rate_burst: Optional[float] = typer.Option(None, help="requests a client may send at once [= rate]"),
+    processes: int = typer.Option(1, help="server processes sharing the port; >1 also moves the LLM worker to "
+                                          "its own process"),
 ):
-    """Serve /v1/score, /v1/recommend, /v1/events, /healthz and /metrics over a bundle."""
+    """Serve /v1/score, /v1/recommend, /v1/events, /healthz and /metrics over a bundle.
+
+    Set REASONREC_API_KEYS=key1,key2 to require an API key (x-api-key or Bearer) on /v1/*."""
     from reasonrec.serve import serve
 
-    serve(bundle, host, port, store=store, llm=llm, domain=domain, top_n=top_n, batch_size=batch_size,
-          profiles=profiles, torch_threads=threads, jit=jit)
+    serve(bundle, host, port, store=store, state_path=state, llm=llm, domain=domain, top_n=top_n,
+          batch_size=batch_size, profiles=profiles, torch_threads=threads, jit=jit,
+          retry_failed_after=retry_failed_after, max_header_bytes=max_header_bytes, read_timeout=read_timeout,
+          idle_timeout=idle_timeout, rate_limit=rate_limit, rate_burst=rate_burst, processes=processes)
 
 
 @app.command("precompute")
 def precompute_cmd(
     bundle: Path = typer.Option(...), store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
+    state: Optional[Path] = typer.Option(None, help="the server's state DB [default: <store>.serve.sqlite]"),
     llm: str = typer.Option("embedded"), users: Optional[list[str]] = typer.Option(None, help="[default: all]"),
     top_n: int = typer.Option(20), batch_size: int = typer.Option(16), domain: Optional[str] = typer.Option(None),
     profiles: bool = typer.Option(True), max_seconds: Optional[float] = typer.Option(None),
@@ -281,7 +297,8 @@ def precompute_cmd(
     from reasonrec.serve import precompute
 
     typer.echo(json.dumps(precompute(bundle, store, llm, users=users or None, top_n=top_n, batch_size=batch_size,
-                                     domain=domain, profiles=profiles, max_seconds=max_seconds), indent=2))
+                                     domain=domain, profiles=profiles, max_seconds=max_seconds, state_path=state),
+                          indent=2))
 
 
 bench_app = typer.Typer(help="Benchmarks: LLM throughput, serving latency, and YAML specs -> cached runs -> REPORT.md.", no_args_is_help=True)
@@ -323,17 +340,27 @@ def bench_throughput(
 @bench_app.command("serve")
 def bench_serve(
     bundle: Optional[Path] = typer.Option(None, help="[default: build a small synthetic bundle]"),
-    levels: str = typer.Option("1,2,4,8,16"), max_requests: int = typer.Option(2000),
+    levels: str = typer.Option("1,8,32"), max_requests: int = typer.Option(2000),
     max_seconds: float = typer.Option(20.0), candidates: int = typer.Option(100),
+    endpoints: str = typer.Option("score,recommend", help="score, recommend or both"),
+    server_arg: list[str] = typer.Option([], help="extra `python -m reasonrec.serve` flag (repeatable), "
+                                                  "e.g. --server-arg=--no-split"),
+    issue: bool = typer.Option(False, help="issue #17's acceptance run: 1 and 2 server processes, /v1/score "
+                                           "while the worker generates, pass/fail per target"),
     out: Path = typer.Option(Path("artifacts/bench/serve/results.json")),
 ):
-    """Loopback load on /v1/score: p50/p99 per concurrency, and the throughput where p99 < 10 ms."""
-    from reasonrec.bench.serve_load import build_bench_bundle, run_serve_bench
+    """Loopback load on /v1/score and /v1/recommend: p50/p99 per concurrency, and the throughput where p99 < 10 ms."""
+    from reasonrec.bench.serve_load import build_bench_bundle, run_issue_bench, run_serve_bench
 
     if bundle is None:
         bundle = build_bench_bundle(out.parent / "bundle")
+    if issue:
+        run_issue_bench(bundle, levels=tuple(int(x) for x in levels.split(",")), max_requests=max_requests,
+                        max_seconds=max_seconds, candidates=candidates, out=out, echo=typer.echo)
+        return
     run_serve_bench(bundle, levels=tuple(int(x) for x in levels.split(",")), max_requests=max_requests,
-                    max_seconds=max_seconds, candidates=candidates, out=out, echo=typer.echo)
+                    max_seconds=max_seconds, candidates=candidates, endpoints=tuple(endpoints.split(",")),
+                    server_args=tuple(server_arg), out=out, echo=typer.echo)
 
 
 cache_app = typer.Typer(help="Share and inspect the explanation store.", no_args_is_help=True)

@@ -45,6 +45,15 @@ class UserExpl:
     neg: np.ndarray
     texts: list[dict]                   # per slot: {task: text}
     sources: list[str]                  # per slot: current | interaction
+    sorted_rows: np.ndarray             # catalog rows of the slots' items, sorted (-1: outside the catalog)
+    sorted_slots: np.ndarray            # the slot of each of those rows
+
+    def slots_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Slot per catalog row, -1 for none: one searchsorted instead of a dict lookup per id."""
+        if not len(self.sorted_rows):
+            return np.full(len(rows), -1, dtype=np.int64)
+        pos = np.searchsorted(self.sorted_rows, rows).clip(max=len(self.sorted_rows) - 1)
+        return np.where(self.sorted_rows[pos] == rows, self.sorted_slots[pos], -1)
 
 
 @dataclass
@@ -88,6 +97,8 @@ class ServingIndex:
         self._current: dict[str, _Entries] = {}
         self.expl: dict[str, UserExpl] = {}
         self._traced, self._traced_keys = None, []
+        self._split = None
+        self.last_event_id = 0
         if self.uses_text:
             self.empty = self._vecs_of([{c: "" for c in self.text_columns}])[0]       # (slots, d)
         self.d = self.empty.shape[1] if self.uses_text else 0
@@ -197,7 +208,9 @@ class ServingIndex:
         self.sig[user] = history_sig(h)
 
     def replay_events(self, state: StateDB):
-        events = state.events()
+        rows = state.events_after(0)
+        self.last_event_id = rows[-1][0] if rows else 0     # where a Follower takes over
+        events = [(u, i) for _, u, i in rows]
         for user, item in events:
             self._set_history(user, self.history.get(user, []) + [item])
             self.seen.setdefault(user, set()).add(item)
@@ -278,8 +291,11 @@ class ServingIndex:
         vecs = np.stack([merged[i][1] for i in items] + [self.empty])       # (n + 1, slots, d)
         pos = np.ascontiguousarray(vecs[:, 0])
         neg = np.ascontiguousarray(vecs[:, 1]) if vecs.shape[1] > 1 else np.zeros_like(pos)
+        rows = np.array([self.item_row.get(i, -1) for i in items], dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
         self.expl[user] = UserExpl({i: k for k, i in enumerate(items)}, pos, neg,
-                                   [merged[i][0] for i in items], [merged[i][2] for i in items])
+                                   [merged[i][0] for i in items], [merged[i][2] for i in items],
+                                   rows[order], order.astype(np.int64))
 
     def add_current(self, user: str, sig: str, found: dict[str, dict]):
         """The worker wrote explanations for (user, item) under history `sig`: make them live."""
@@ -359,37 +375,40 @@ class ServingIndex:
         if B == 0:
             return Scored(np.zeros(0), None, np.zeros(0, dtype=np.int64), None, rows)
         hist = self.hist_codes.get(user, self.no_history)
-        batch = {
-            "user": torch.full((B,), self.user_vocab.get(user, OOV), dtype=torch.int64),
-            "item": torch.from_numpy(self.row_code[rows]),
-            # broadcast rows are materialised: some models reshape their inputs with .view()
-            "hist": hist.expand(B, -1).contiguous(),
-            "ctx": self.context_codes(timestamp, context).expand(B, -1).contiguous(),
-            "user_feats": self.user_feats.get(user, self.no_user_feats).expand(B, -1).contiguous(),
-            "item_feats": torch.from_numpy(self.row_feats[rows]),
-            "item_cats": torch.from_numpy(self.row_cats[rows]),
-        }
+        ctx = self.context_codes(timestamp, context)
+        user_feats = self.user_feats.get(user, self.no_user_feats)
+        items = {"item": torch.from_numpy(self.row_code[rows]), "item_feats": torch.from_numpy(self.row_feats[rows]),
+                 "item_cats": torch.from_numpy(self.row_cats[rows])}
         ue = self.expl.get(user)
-        if ue is not None:
-            ids = item_ids if item_ids is not None else [self.catalog_ids[r] for r in rows]
-            get = ue.slots.get
-            slots = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=B)
-        else:
+        if ue is None:
             slots = np.full(B, -1, dtype=np.int64)
+        elif item_ids is None:
+            slots = ue.slots_of_rows(rows)
+        else:                               # ids outside the catalog may still have logged explanations
+            get = ue.slots.get
+            slots = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=B)
         if self.uses_text:
             if ue is not None:
-                batch["expl_pos"] = torch.from_numpy(ue.pos[slots])
-                batch["expl_neg"] = torch.from_numpy(ue.neg[slots])
+                items["expl_pos"] = torch.from_numpy(ue.pos[slots])
+                items["expl_neg"] = torch.from_numpy(ue.neg[slots])
             else:
-                batch["expl_pos"] = torch.from_numpy(self.empty[0]).expand(B, -1).contiguous()
-                batch["expl_neg"] = torch.from_numpy(self.empty[1] if len(self.empty) > 1
-                                                     else np.zeros_like(self.empty[0])).expand(B, -1).contiguous()
+                items["expl_pos"] = torch.from_numpy(self.empty[0]).expand(B, -1)
+                items["expl_neg"] = torch.from_numpy(self.empty[1] if len(self.empty) > 1
+                                                     else np.zeros_like(self.empty[0])).expand(B, -1)
         with torch.inference_mode():
-            if model is self.model and self._traced is not None:
-                logits, attn = self._traced(*(batch[k] for k in self._traced_keys))
+            if model is self.model and self._split is not None:
+                logits, attn = self._split.forward(user, self.user_vocab.get(user, OOV), hist, ctx, user_feats, items)
             else:
-                logits = model(batch)
-                attn = getattr(model, "last_attention", None)
+                # broadcast rows are materialised: some models reshape their inputs with .view()
+                batch = {k: v.contiguous() for k, v in items.items()}
+                batch.update({"user": torch.full((B,), self.user_vocab.get(user, OOV), dtype=torch.int64),
+                              "hist": hist.expand(B, -1).contiguous(), "ctx": ctx.expand(B, -1).contiguous(),
+                              "user_feats": user_feats.expand(B, -1).contiguous()})
+                if model is self.model and self._traced is not None:
+                    logits, attn = self._traced(*(batch[k] for k in self._traced_keys))
+                else:
+                    logits = model(batch)
+                    attn = getattr(model, "last_attention", None)
             p = torch.sigmoid(logits)
             shares = None
             if attention and self.input_names and attn is not None and attn.dim() == 3:
@@ -398,6 +417,34 @@ class ServingIndex:
         if self.task == "regression":
             scores = self.scale[0] + scores * (self.scale[1] - self.scale[0])
         return Scored(scores, shares, slots, ue, rows)
+
+    def enable_split(self, users: int = 8) -> bool:
+        """Score with `split.SplitScorer` (user-side tokens once per request) if the model allows it
+        and it reproduces the full forward, logits and attention, for real users over the pool."""
+        from reasonrec.serve.split import SplitScorer
+
+        self._split = None
+        split = SplitScorer.for_model(self.model)
+        if split is None:
+            return False
+        sample = [u for u in self.expl][:users // 2] + [u for u in self.history][:users // 2] + ["split-check-cold"]
+        try:
+            for n, user in enumerate(sample):
+                rows = self.default_pool(user)[: 1 + 97 * (n % 5)]
+                eager = self.score_rows(user, rows, None, 1_700_000_000 + 3600 * n)
+                self._split = split
+                fast = self.score_rows(user, rows, None, 1_700_000_000 + 3600 * n)
+                self._split = None
+                if not np.allclose(fast.scores, eager.scores, atol=1e-6, rtol=1e-5):
+                    raise ValueError(f"scores differ for user {user!r}")
+                if eager.shares is not None and not np.allclose(fast.shares, eager.shares, atol=1e-6, rtol=1e-5):
+                    raise ValueError(f"attention differs for user {user!r}")
+        except Exception as err:                         # an optimisation, never a failure
+            self._split = None
+            log.warning("scoring with the full forward (split scorer not usable: %s: %s)", type(err).__name__, err)
+            return False
+        self._split = split
+        return True
 
     def trace(self, sample_user: str | None = None) -> bool:
         """Replace the request path's eager forward by a TorchScript trace of it (less Python

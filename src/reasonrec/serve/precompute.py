@@ -27,26 +27,23 @@ def precompute(bundle_dir: str | Path, store_path: str | Path, llm="embedded", *
                batch_size: int = 16, profiles: bool = True, max_seconds: float | None = None,
                progress: bool = True) -> dict:
     """Returns a summary: users, pairs queued / done / failed, rows generated, seconds, rate."""
-    from reasonrec.estimator import Recommender
-    from reasonrec.explain.store import ExplanationStore
     from reasonrec.explain.templates import load_templates
-    from reasonrec.serve.app import _bundle_domain, default_state_path
-    from reasonrec.serve.events import StateDB
+    from reasonrec.serve.app import _bundle_domain, default_state_path, load_bundle
     from reasonrec.serve.index import ServingIndex
+    from reasonrec.serve.storage import open_serving_files
     from reasonrec.serve.worker import Worker, resolve_llm
 
     started = time.perf_counter()
     if top_n < 1:
         raise ReasonrecError("top_n must be at least 1")
-    rec = Recommender.load(bundle_dir)
+    rec = load_bundle(Path(bundle_dir))
     if not rec.uses_text:
         raise ReasonrecError(f"{bundle_dir}: this model does not read explanation texts "
                              f"(explanations={rec.config.explanations!r}); nothing to precompute")
     backend = resolve_llm(llm)
     if backend is None:
         raise ReasonrecError("precompute needs an LLM backend (--llm)")
-    store = ExplanationStore(store_path)
-    state = StateDB(state_path or default_state_path(store_path))
+    store, state = open_serving_files(Path(store_path), Path(state_path or default_state_path(store_path)))
     index = ServingIndex(rec, state, store=None, interaction_reasons=False)
     templates = load_templates(domain or _bundle_domain(Path(bundle_dir)) or "movie")
     worker = Worker(index, state, store, backend, templates, top_n=top_n, batch_size=batch_size, profiles=profiles)

@@ -10,14 +10,18 @@ One thread, one job kind at a time:
                            transaction record the served pairs and mark the jobs done, and finally
                            encode the texts and swap them into the in-memory index.
 A job whose user's history moved on is `superseded`. Backend errors leave the job pending with
-one more attempt (failed after `max_attempts`); rows the store already has are never sent again,
-so a restart after a kill re-runs only what was not written.
+one more attempt (failed after `max_attempts`); failed jobs get a fresh set of attempts once they
+have rested `retry_failed_after` seconds. Storage errors (store or state DB read-only, locked,
+deleted) are not the job's fault: they consume no attempt, the jobs stay pending and the thread
+backs off (doubling up to `max_backoff`) until the databases work again. Rows the store already
+has are never sent again, so a restart after a kill re-runs only what was not written.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from reasonrec.errors import ReasonrecError
 from reasonrec.explain.generate import ExplainConfig, Explainer
 from reasonrec.serve.events import Job, StateDB
 from reasonrec.serve.index import ServingIndex
+from reasonrec.serve.storage import StorageUnavailable
 
 log = logging.getLogger("reasonrec.serve.worker")
 
@@ -83,6 +88,8 @@ class WorkerStats:
     jobs_superseded: int = 0
     jobs_failed: int = 0
     jobs_retried: int = 0
+    jobs_revived: int = 0     # failed jobs given a fresh set of attempts
+    storage_errors: int = 0   # steps that stopped on a database error (jobs left pending)
     generated: int = 0        # rows written to the store (explanations and item profiles)
     failed: int = 0           # rows that failed clean-up or backend calls that errored
     refreshed_users: int = 0
@@ -98,9 +105,14 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, index: ServingIndex, state: StateDB, store, backend, templates, top_n: int = 20,
-                 batch_size: int = 8, max_attempts: int = 3, profiles: bool = True, idle_wait: float = 1.0):
+                 batch_size: int = 8, max_attempts: int = 3, profiles: bool = True, idle_wait: float = 1.0,
+                 retry_failed_after: float | None = 300.0, max_backoff: float = 10.0, before_step=None):
         self.index, self.state, self.store, self.backend = index, state, store, backend
         self.top_n, self.batch_size, self.max_attempts, self.idle_wait = top_n, batch_size, max_attempts, idle_wait
+        self.retry_failed_after, self.max_backoff = retry_failed_after, max_backoff
+        self._next_revive = 0.0
+        self.before_step = before_step              # e.g. catch up with other processes' writes
+        self.failing_since: float | None = None     # first of the consecutive failed steps
         variant = variant_for(templates, index.text_columns)
         self.explainer = Explainer(backend, store, templates,
                                    ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size))
@@ -134,13 +146,23 @@ class Worker:
         self._wake.set()
 
     def _loop(self):
+        failures = 0
         while not self._stop.is_set():
             try:
                 busy = self.step()
+                failures, self.failing_since = 0, None
             except Exception as err:      # never let the thread die; the jobs stay pending
-                log.exception("worker step failed")
+                if isinstance(err, (StorageUnavailable, sqlite3.Error)):
+                    log.warning("worker paused by a storage error: %s", err)
+                    self.stats.add("storage_errors")
+                else:
+                    log.exception("worker step failed")
                 self.stats.last_error = f"{type(err).__name__}: {err}"
-                busy = False
+                failures += 1
+                self.failing_since = self.failing_since or time.time()
+                # back off without waking on notify(): events keep arriving while the disk is away
+                self._stop.wait(min(self.idle_wait * 2 ** (failures - 1), self.max_backoff))
+                continue
             if not busy:
                 self._wake.wait(self.idle_wait)
                 self._wake.clear()
@@ -156,6 +178,8 @@ class Worker:
     # --- one step --------------------------------------------------------------------------
 
     def step(self) -> bool:
+        if self.before_step is not None:
+            self.before_step()
         refresh = self.state.next_jobs("refresh", 1)
         if refresh:
             self._refresh(refresh[0])
@@ -164,7 +188,17 @@ class Worker:
         if pairs:
             self._pairs(pairs)
             return True
-        return False
+        return self._revive()
+
+    def _revive(self) -> bool:
+        if self.retry_failed_after is None or time.monotonic() < self._next_revive:
+            return False
+        self._next_revive = time.monotonic() + min(max(self.retry_failed_after, 1.0), 60.0)
+        revived = self.state.revive_failed(self.retry_failed_after)
+        for user, item, sig in revived:
+            self.index.mark_pending(user, sig, [item])
+        self.stats.add("jobs_revived", len(revived))
+        return bool(revived)
 
     def _refresh(self, job: Job):
         idx = self.index
@@ -200,6 +234,8 @@ class Worker:
         if live:
             try:
                 found_by_job, missing, bad = self._generate(live)
+            except (StorageUnavailable, sqlite3.Error):
+                raise                     # not the jobs' fault: they stay pending, the loop backs off
             except Exception as err:
                 log.exception("explanation batch failed")
                 self.stats.last_error = f"{type(err).__name__}: {err}"
