@@ -48,8 +48,9 @@ def batch(small, featurizer):
 
 def make(name: str, featurizer, expl: bool, side: bool = True) -> torch.nn.Module:
     torch.manual_seed(0)
+    # the pooled-history field on (off by default) so the shape tests cover it too
     cfg = ModelConfig(**featurizer.spec.cardinalities(), embed_dim=8, expl_dim=8 if expl else 0,
-                      expl_slots=2 if expl else 0, side_features=side)
+                      expl_slots=2 if expl else 0, side_features=side, pooled_history=True)
     return build_model(name, cfg)
 
 

@@ -40,8 +40,7 @@ class SplitScorer:
         if cached is not None and cached[0] is hist:
             return cached[1]
         m = self.model
-        h_in = m.item_emb(hist)                                   # (1, H, d)
-        mask = hist > 0
+        h_in, mask = m.fields.history_seq({"hist": hist})          # (1, H, d), (1, H)
         h, _ = m.hist_attn(h_in, mask)
         h = h * mask.unsqueeze(-1)
         _, last = m.gru(h)
@@ -56,7 +55,7 @@ class SplitScorer:
         e = self._ctx.get(key)
         if e is None:
             m = self.model
-            e = m.ctx_mlp(m.side({"ctx": ctx, "user": ctx.new_zeros(1), "user_feats": user_feats}).flatten(1))
+            e = m.ctx_mlp(m.fields.side({"ctx": ctx, "user": ctx.new_zeros(1), "user_feats": user_feats}).flatten(1))
             self._ctx[key] = e
         return e
 
@@ -66,20 +65,22 @@ class SplitScorer:
         hist (1, H), ctx (1, C), user_feats (1, F) are the user's. Returns (logits, attention)."""
         m = self.model
         B = items["item"].shape[0]
-        d = m.user_emb.embedding_dim
-        e_user = m.user_emb.weight[user_code].expand(B, d)
-        tokens = [e_user, m.item_emb(items["item"]), self._e_seq(user, hist).expand(B, d)]
+        d = m.fields.user.embedding_dim
+        e_user = m.fields.user.weight[user_code].expand(B, d)
+        tokens = [e_user, m.fields.item(items["item"]), self._e_seq(user, hist).expand(B, d)]
         if m.ctx_mlp is not None:
             if self.side_per_item:
                 full = {**items, "ctx": ctx.expand(B, -1), "user": items["item"],
                         "user_feats": user_feats.expand(B, -1)}
-                tokens.append(m.ctx_mlp(m.side(full).flatten(1)))
+                tokens.append(m.ctx_mlp(m.fields.side(full).flatten(1)))
             else:
                 tokens.append(self._e_ctx(ctx, user_feats).expand(B, d))
         x = torch.stack(tokens, dim=1)
-        if m.expl is not None:
-            x = torch.cat([m.expl(items, B), x], dim=1)
+        if m.fields.expl is not None:
+            x = torch.cat([m.fields.expl(items, B), x], dim=1)
         y, attn = _attend(m.input_attn, x)
+        if m.residual:
+            y = x + y
         return m.head(y.flatten(1)).squeeze(-1), attn
 
 
