@@ -109,9 +109,11 @@ def render(results: pd.DataFrame, peers: pd.DataFrame | None, out: Path, card: d
              f"with the best-validation weights. Regenerate: `{command}` (resumable; finished fits are kept).", "",
              "| model | seeds | test AUC | test LogLoss | valid AUC | best epochs | s/epoch | dead units |",
              "|---|---|---|---|---|---|---|---|"]
-    for model, g in results.groupby("model", sort=False):
+    results = results.assign(row=[m if o in ("{}", None) else f"{m} {o}" for m, o in
+                                  zip(results["model"], results["overrides"].fillna("{}"))])
+    for name, g in results.groupby("row", sort=False):
         dead = g["dead_units"].dropna()
-        lines.append(f"| {model} | {len(g)} | {g['test_auc'].mean():.4f} ± {g['test_auc'].std(ddof=1):.4f} | "
+        lines.append(f"| {name} | {len(g)} | {g['test_auc'].mean():.4f} ± {g['test_auc'].std(ddof=1):.4f} | "
                      f"{g['test_logloss'].mean():.4f} ± {g['test_logloss'].std(ddof=1):.4f} | "
                      f"{g['valid_auc'].mean():.4f} | {', '.join(str(int(e)) for e in g['best_epoch'])} | "
                      f"{g['seconds_per_epoch'].mean():.2f} | {f'{dead.max():.0%}' if len(dead) else '—'} |")

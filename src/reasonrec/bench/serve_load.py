@@ -232,7 +232,6 @@ def run_issue_bench(bundle: str | Path, *, levels=(1, 8, 32), max_requests: int 
                     candidates: int = 100, busy_seconds: float = 0.02, out: str | Path | None = None,
                     echo=print) -> dict:
     """Issue #17's targets in one run (see the module docstring); returns the rows and checks."""
-    import threading
 
     bundle = Path(bundle)
     results: dict = {"bundle": str(bundle), "cpus": os.cpu_count(), "runs": {}}
