@@ -25,6 +25,8 @@ def test_layers_resolve_in_order():
     assert (faithful.train.lr, faithful.train.batch_size, faithful.embed_dim) == (0.01, 128, 8)
     assert faithful.side_features is False and faithful.extra["residual"] is False
     assert resolve(model="lr-recsys", preset="faithful", lr=0.02).train.lr == 0.02   # and over the preset
+    # a caller's knob adds to the preset's knobs instead of replacing them
+    assert resolve(model="lr-recsys", preset="faithful", extra={"heads": 2}).extra == {"residual": False, "heads": 2}
     # the preset spells only what the paper fixes; nothing else leaks into it
     assert set(PRESETS["faithful"]) <= set(RecommenderConfig.model_fields)
 
@@ -49,6 +51,8 @@ def test_the_estimator_and_the_cli_go_through_the_same_config(tmp_path):
 
     with pytest.raises(ReasonrecError, match="dropuot"):
         Recommender(model="deepfm", dropuot=0.3)
+    with pytest.raises(ReasonrecError, match="resolve"):          # a preset on top of a resolved config
+        Recommender(resolve(model="lr-recsys"), preset="faithful")
     data = prepare(read("ml-100k"), PrepareConfig(max_users=30, last_n_per_user=10)).save(tmp_path / "d")
     out = CliRunner().invoke(app, ["train", "--dataset", str(data), "--model", "ncf", "--without-explanations",
                                    "--set", "dropuot=0.3", "--no-progress"])

@@ -196,6 +196,16 @@ def test_epoch_units_detected_given_and_checked(tmp_path):
     err = raises(read, "csv", mixed)
     assert where(err) == ("mixed.csv", 3, "timestamp") and "line 2 made this column s" in str(err)
     assert "time unit must be one of" in str(raises(TimeParser, "minutes"))
+    ymd = write(tmp_path / "ymd.csv", "user_id,item_id,rating,timestamp\nu,a,4,20210304\nu,b,4,20210305\n")
+    err = raises(read, "csv", ymd)                 # not 1970-08-22 in epoch seconds
+    assert where(err) == ("ymd.csv", 2, "timestamp") and "%Y%m%d" in str(err)
+    assert read("csv", ymd, date_format="%Y%m%d").interactions["timestamp"].tolist() == [1614816000, 1614902400]
+
+
+def test_a_malformed_csv_header_is_an_error_not_a_traceback(tmp_path):
+    f = write(tmp_path / "h.csv", 'user_id,"item"x,rating\nu,a,4\n')
+    err = raises(read, "csv", f)
+    assert where(err)[:2] == ("h.csv", 1) and "header" in str(err)
 
 
 def test_cli_prepares_an_epoch_ms_csv_with_context(tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from reasonrec.errors import ReasonrecError
 
@@ -61,15 +61,26 @@ class RecommenderConfig(_Strict):
     encoder_options: dict = {}
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _monitor_fits_task(self):
+        allowed = {"classification": ("auto", "auc", "logloss"), "regression": ("auto", "rmse", "mae")}[self.task]
+        if self.train.monitor not in allowed:
+            raise ValueError(f"monitor '{self.train.monitor}' does not fit task {self.task}; choose one of {allowed}")
+        return self
+
 
 TRAIN_KEYS = frozenset(TrainConfig.model_fields)
 TOP_KEYS = frozenset(RecommenderConfig.model_fields)
 
 
+NESTED = ("train", "extra", "encoder_options")   # merged key by key, so a layer adds to a preset's knobs
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
-        out[key] = {**out[key], **value} if key == "train" and isinstance(out.get(key), dict) and isinstance(value, dict) else value
+        both = key in NESTED and isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = {**out[key], **value} if both else value
     return out
 
 

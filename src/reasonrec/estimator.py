@@ -38,6 +38,9 @@ class Recommender:
         if config is None:
             cfg = resolve(overrides)
         else:
+            if {"model", "preset"} & set(overrides):
+                raise ReasonrecError("model and preset choose the defaults a config is resolved from: pass them to "
+                                     "reasonrec.config.resolve(...), not on top of a resolved config")
             raw = config.model_dump()
             given = nest(overrides)
             raw["train"].update(given.pop("train", {}))
@@ -265,5 +268,8 @@ class LRRecsys(Recommender):
     defaults; `LRRecsys(preset="faithful")` is the paper's exact setting (see `models/lr_recsys.py`)."""
 
     def __init__(self, config: RecommenderConfig | None = None, **overrides):
-        overrides.setdefault("model", "lr-recsys")
+        if config is None:
+            overrides.setdefault("model", "lr-recsys")
+        elif config.model != "lr-recsys":
+            raise ReasonrecError(f"LRRecsys takes an lr-recsys config, not '{config.model}'; use Recommender")
         super().__init__(config, **overrides)

@@ -78,7 +78,7 @@ def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, o
             if (model, seed, key) in have:
                 continue
             started = time.perf_counter()
-            rec = Recommender(model=model, explanations="none", seed=seed, **(overrides or {}))
+            rec = Recommender(**{**(overrides or {}), "model": model, "explanations": "none", "seed": seed})
             rec.fit(data, progress=progress)
             test = rec.evaluate(data)
             fr = rec.fit_result
@@ -94,6 +94,10 @@ def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, o
             echo(f"{model} seed {seed}: test AUC {test['auc']:.4f}, LogLoss {test['logloss']:.4f}, "
                  f"best epoch {fr.best_epoch}, {fr.seconds_per_epoch:.2f} s/epoch")
     return pd.DataFrame(rows)
+
+
+def _mean_sd(values: pd.Series) -> str:
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
 
 
 def render(results: pd.DataFrame, peers: pd.DataFrame | None, out: Path, card: dict, command: str) -> Path:
@@ -113,8 +117,7 @@ def render(results: pd.DataFrame, peers: pd.DataFrame | None, out: Path, card: d
                                   zip(results["model"], results["overrides"].fillna("{}"))])
     for name, g in results.groupby("row", sort=False):
         dead = g["dead_units"].dropna()
-        lines.append(f"| {name} | {len(g)} | {g['test_auc'].mean():.4f} ± {g['test_auc'].std(ddof=1):.4f} | "
-                     f"{g['test_logloss'].mean():.4f} ± {g['test_logloss'].std(ddof=1):.4f} | "
+        lines.append(f"| {name} | {len(g)} | {_mean_sd(g['test_auc'])} | {_mean_sd(g['test_logloss'])} | "
                      f"{g['valid_auc'].mean():.4f} | {', '.join(str(int(e)) for e in g['best_epoch'])} | "
                      f"{g['seconds_per_epoch'].mean():.2f} | {f'{dead.max():.0%}' if len(dead) else '—'} |")
     if peers is not None and len(peers):
@@ -122,8 +125,7 @@ def render(results: pd.DataFrame, peers: pd.DataFrame | None, out: Path, card: d
                   "| model | setting | seeds | test AUC | test LogLoss | best valid AUC | best epochs | s/epoch |",
                   "|---|---|---|---|---|---|---|---|"]
         for (model, setting), g in peers.groupby(["model", "setting"], sort=False):
-            sd = f" ± {g['test_auc'].std(ddof=1):.4f}" if len(g) > 1 else ""
-            lines.append(f"| {model} | {setting} | {len(g)} | {g['test_auc'].mean():.4f}{sd} | "
+            lines.append(f"| {model} | {setting} | {len(g)} | {_mean_sd(g['test_auc'])} | "
                          f"{g['test_logloss'].mean():.4f} | {g['valid_auc'].mean():.4f} | "
                          f"{', '.join(str(int(e)) for e in g['best_epoch'])} | {g['seconds_per_epoch'].mean():.2f} |")
     target = Path(out) / "REPORT.md"

@@ -144,7 +144,9 @@ class OpenAIHTTPBackend:
     def check(self) -> None:
         """Ask the server for its model list. Raises `BackendUnavailable` naming the URL and the cause
         when it cannot be reached, rejects the key, or fails. A server without the endpoint (404/405)
-        passes: the first prompt will tell."""
+        passes: the first prompt will tell. Asked once; the circuit breaker re-arms it."""
+        if self._checked:
+            return
         url = f"{self.base_url}/models"
         try:
             r = self._client.get(url, timeout=min(CONNECT_TIMEOUT, self._client.timeout.read or CONNECT_TIMEOUT))

@@ -596,7 +596,9 @@ def create_app(bundle_dir: str | Path, store_path: str | Path, llm=None, *, stat
             reasons.append(f"worker failing since {when} UTC: {worker.stats.last_error}")
         return FastJSON({"status": "degraded" if reasons else "ok", "reasons": reasons, "model": index.model_name,
                          "users": len(index.history), "items": len(index.catalog_ids), "queue_depth": queue,
-                         "worker": status, "llm": backend.model_id if backend is not None else None,
+                         "worker": status,
+                         # the backend's name without its URL: /healthz is open even when keys are on
+                         "llm": backend.model_id.split("@")[0] if backend is not None else None,
                          "pid": os.getpid()})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics")

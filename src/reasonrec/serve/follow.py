@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from reasonrec.serve.storage import StorageUnavailable
+
 log = logging.getLogger("reasonrec.serve")
 
 
@@ -45,7 +47,10 @@ class Follower:
             self.catch_up_events()
             history = self.index.next_history(user, item)
             event_id = self.state.append_event(user, item, rating, label, ts, history)
-            self.catch_up_events()
+            try:
+                self.catch_up_events()
+            except StorageUnavailable as err:   # the event is committed: answer 200; the follower applies it
+                log.warning("event %s stored; applying it is left to the follower: %s", event_id, err)
             return event_id, history
 
     def poll(self):

@@ -18,6 +18,7 @@ locking serialises the writers; every write goes through `storage.Guarded`.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -112,7 +113,9 @@ def serve_processes(bundle, host: str, port: int, store: Path, llm, processes: i
     store_db, state = open_serving_files(Path(store), Path(options.get("state_path") or default_state_path(store)))
     store_db.close()
     state.close()
-    with_worker = llm is not None and llm != "none"
+    config = json.loads((Path(bundle) / "bundle.json").read_text()).get("config", {})
+    # a bundle that reads no texts has nothing to generate: no worker, as with one process
+    with_worker = llm is not None and llm != "none" and config.get("explanations") == "text"
     web_options = {k: v for k, v in options.items()
                    if k not in ("top_n", "batch_size", "max_attempts", "profiles", "retry_failed_after", "domain")}
     ctx = mp.get_context("spawn")

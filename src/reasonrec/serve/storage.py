@@ -110,6 +110,8 @@ class Guarded:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            # a file deleted or replaced while `fn` ran took the write with it: never acknowledge that
+            self.check_identity()
             if self.last_error is not None:
                 log.info("%s %s: working again after %s", self.label, self.path, self.last_error[1])
                 self.last_error = None

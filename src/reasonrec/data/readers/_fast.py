@@ -74,6 +74,8 @@ def _seconds(stamp: pd.Series, unit: str) -> tuple[pd.Series, str] | None:
         return None  # floats, dates: the line path's rules are subtler than worth repeating
     stamp = stamp.astype("int64")
     if unit == "auto":
+        if stamp.between(19000101, 21001231).any():
+            return None  # perhaps YYYYMMDD dates: the line path says so
         magnitude = stamp.abs()
         bands = {unit_of(magnitude.min()), unit_of(magnitude.max())}
         if len(bands) != 1:

@@ -202,7 +202,11 @@ class CsvRows:
         self.delimiter = delimiter or sniff_delimiter(first)
         self._reader = csv.reader(_chain([first], (text for _, text in self._lines)), delimiter=self.delimiter,
                                   quotechar='"', escapechar=escapechar, doublequote=True, strict=strict_quotes)
-        self.header = [h.strip() for h in next(self._reader)]
+        try:
+            self.header = [h.strip() for h in next(self._reader)]
+        except csv.Error as err:
+            self._lines.close()
+            raise DataError(f"malformed CSV header ({err})", file=self.file, line=1) from None
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
         if self.sink is not None:

@@ -5,7 +5,8 @@ Epoch numbers come in seconds, milliseconds, microseconds or nanoseconds. With `
 first value's magnitude picks the unit (a 2020 date is ~1.6e9 s, 1.6e12 ms, 1.6e15 us, 1.6e18 ns;
 the bands below do not overlap for any date after 1973), and every later value must fall in the
 same band, so a file mixing s and ms stops at the first odd line instead of landing in 1970 or in
-the year 50000. Any unit, detected or given, must give a date within YEARS.
+the year 50000. Any unit, detected or given, must give a date within YEARS. An 8-digit number that
+reads as a YYYYMMDD date is refused in auto mode rather than taken as seconds in 1970.
 
 Date strings: year-first forms (ISO, `2021/03/04`) and month names are unambiguous. A numeric date
 with the year last (`03/04/2021`, `04.03.2021`) is a DataError unless `date_format` (strptime
@@ -30,6 +31,12 @@ YEARS = (1900, 2100)
 _LO = int(datetime(YEARS[0], 1, 1, tzinfo=timezone.utc).timestamp())
 _HI = int(datetime(YEARS[1], 1, 1, tzinfo=timezone.utc).timestamp())
 _YEAR_LAST = re.compile(r"^\s*\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b")
+
+
+def looks_like_yyyymmdd(value) -> bool:
+    """20210304 is a date written as a number; as epoch seconds it would silently be 1970-08-22."""
+    n = int(value)
+    return n == value and 19000101 <= n <= 21001231 and 1 <= n // 100 % 100 <= 12 and 1 <= n % 100 <= 31
 
 
 def unit_of(value: float) -> str:
@@ -58,7 +65,7 @@ class TimeParser:
     def __call__(self, value: Any, *, file: str, line: int, field_name: str) -> int:
         if type(value) is str:
             text = value.strip()
-            if text[:1].isdigit() or text[:1] == "-":
+            if (text[:1].isdigit() or text[:1] == "-") and not self.date_format:   # a format says: dates
                 try:
                     number = int(text)
                 except ValueError:
@@ -99,6 +106,10 @@ class TimeParser:
             raise DataError(f"expected a finite timestamp, got {raw!r}", file=file, line=line, field=field_name)
         unit = self.unit
         if unit == "auto":
+            if looks_like_yyyymmdd(number):
+                raise DataError(f"timestamp {raw!r} looks like a YYYYMMDD date, not epoch seconds; pass "
+                                "--date-format %Y%m%d (or --time-unit s if it really is epoch)", file=file, line=line,
+                                field=field_name)
             seen = unit_of(number)
             if self._detected is None:
                 self._detected = (seen, line)

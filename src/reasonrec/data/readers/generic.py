@@ -97,7 +97,7 @@ def read_table(path: Path, *, columns: dict[str, str] | None = None, sep: str | 
             row[AUX + key] = "" if is_missing(rec[col[key]]) else _text(key, rec[col[key]])
         return row
 
-    fast = _fast_path(table, col, bool(ctx or text_keys), scale, time_unit)
+    fast = None if date_format else _fast_path(table, col, bool(ctx or text_keys), scale, time_unit)
     if fast is not None:
         inter, unit = fast
     else:
