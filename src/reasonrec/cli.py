@@ -363,6 +363,19 @@ def bench_serve(
                     server_args=tuple(server_arg), out=out, echo=typer.echo)
 
 
+@bench_app.command("prepare")
+def bench_prepare(
+    rows: int = typer.Option(20_000_263, help="ratings (ML-20M: 20,000,263)"),
+    users: int = typer.Option(138_493), items: int = typer.Option(26_744), seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("artifacts/bench/prepare"), help="the synthetic dump (kept and reused), "
+                                                                   "the prepared output and results.json"),
+):
+    """Time `reasonrec data prepare` (wall, peak RSS) on a synthetic ML-20M-layout ratings.csv; making the file is not timed."""
+    from reasonrec.bench.prepare_bench import run_prepare_bench
+
+    typer.echo(json.dumps(run_prepare_bench(out, rows=rows, users=users, items=items, seed=seed), indent=2))
+
+
 cache_app = typer.Typer(help="Share and inspect the explanation store.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

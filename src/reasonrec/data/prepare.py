@@ -18,8 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from reasonrec.data.schema import FILE_ORDER, HISTORY_LEN, RawDataset, validate
+from reasonrec.data.timeline import history_column, last_k_windows, trim_to_last, user_timeline
 from reasonrec.errors import DataError
 
 REJECTS_FILE = "rejects.csv"
@@ -54,13 +58,26 @@ class Prepared:
         # write-then-rename so an interrupted prepare never leaves a half-written table behind
         for name, frame in (("samples", self.samples), ("items", self.items), ("users", self.users)):
             tmp = out / f".{name}.parquet.tmp"
-            frame.to_parquet(tmp, index=False)
+            pq.write_table(_as_table(frame), tmp)
             tmp.replace(out / f"{name}.parquet")
         rejects = self.rejects if self.rejects is not None else pd.DataFrame(columns=REJECT_COLUMNS)
         rejects.to_csv(out / REJECTS_FILE, index=False)
         (out / "card.json").write_text(json.dumps(self.card, indent=2, default=str))
         (out / "card.md").write_text(render_card(self.card))
         return out
+
+
+def _as_table(frame: pd.DataFrame) -> pa.Table:
+    """The frame as Arrow, with an Arrow-backed list column described to pandas as the plain
+    object column of lists it stands for: pandas cannot rebuild `list<...>[pyarrow]` from the
+    file's metadata, and readers of the file should not see which way the column was built."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = json.loads(table.schema.metadata[b"pandas"])
+    for col in meta["columns"]:
+        if col["name"] in frame.columns and isinstance(frame[col["name"]].dtype, pd.ArrowDtype) \
+                and pa.types.is_list(frame[col["name"]].dtype.pyarrow_dtype):
+            col["numpy_type"] = "object"
+    return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()})
 
 
 def load_prepared(path: str | Path) -> Prepared:
@@ -88,16 +105,15 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
         inter = inter[inter["user_id"].isin(set(user_subset(inter["user_id"].unique(), cfg.max_users, cfg.seed)))]
 
     # Order within a user by time; ties (same second) keep file order so the result is deterministic.
-    inter = inter.sort_values(["user_id", "timestamp", "line"], kind="stable").reset_index(drop=True)
-    pos = inter.groupby("user_id", sort=False).cumcount().to_numpy()
-    count = inter.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
-    inter["history"] = _histories(inter["item_id"].to_numpy(), pos, cfg.history_len)
+    order, pos, count = user_timeline(inter["user_id"], inter["timestamp"], inter["line"])
+    inter = inter.take(order).reset_index(drop=True)
+    windows = last_k_windows(pa.array(inter["item_id"]), pos, cfg.history_len)
 
     if cfg.last_n_per_user is not None:
-        keep = pos >= count - cfg.last_n_per_user
+        keep, pos, count = trim_to_last(pos, count, cfg.last_n_per_user)
         inter = inter[keep].reset_index(drop=True)
-        pos = inter.groupby("user_id", sort=False).cumcount().to_numpy()
-        count = inter.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+        windows = windows.filter(pa.array(keep))
+    inter["history"] = history_column(windows)
     if len(inter) == 0:
         raise DataError("no interactions left after subsampling", file=ds.meta.get("source", ds.name))
 
@@ -116,8 +132,8 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     item_table = ds.items
     if ds.derive_items is not None:
         item_table = ds.derive_items(inter[inter["split"] == "train"], item_table)
-    items = _side_table(item_table, "item_id", set(samples["item_id"]) | {i for h in samples["history"] for i in h})
-    users = _side_table(ds.users, "user_id", set(samples["user_id"]))
+    items = _side_table(item_table, "item_id", _referenced_items(samples))
+    users = _side_table(ds.users, "user_id", set(samples["user_id"].unique()))
     rejects = pd.DataFrame(list(ds.meta.get("rejects", [])) + report["rejects"], columns=REJECT_COLUMNS)
     card = make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users)
     card["prepare_seconds"] = round(time.perf_counter() - started, 2)
@@ -154,15 +170,20 @@ def restrict_users(data: "Prepared", n: int | None, seed: int = 0) -> "Prepared"
     return Prepared(samples, data.items, data.users, card)
 
 
-def _histories(items: np.ndarray, pos: np.ndarray, k: int) -> list[list[str]]:
-    """Row r gets items[r-j] for j = k..1 where the same user has them (pos >= j), oldest first."""
-    n = len(items)
-    out = [[] for _ in range(n)]
-    for j in range(k, 0, -1):
-        rows = np.nonzero(pos >= j)[0]
-        for r in rows:
-            out[r].append(items[r - j])
-    return out
+def _referenced_items(samples: pd.DataFrame) -> set[str]:
+    """Every item a sample names, as its target or in its history."""
+    history = pa.array(samples["history"])
+    if not pa.types.is_list(history.type) and not pa.types.is_large_list(history.type):
+        history = pa.array(list(samples["history"]), type=pa.list_(pa.string()))
+    named = pa.chunked_array([pa.array(samples["item_id"], type=pa.large_string()),
+                              pc.list_flatten(history).cast(pa.large_string())])
+    return set(pc.unique(named).to_pylist())
+
+
+def _history_lengths(history: pd.Series) -> pd.Series:
+    if isinstance(history.dtype, pd.ArrowDtype):
+        return history.list.len()
+    return history.map(len)
 
 
 def _split(pos: np.ndarray, count: np.ndarray, test_frac: float, valid_frac: float) -> np.ndarray:
@@ -211,7 +232,7 @@ def _numeric(values: pd.Series) -> bool:
 
 def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) -> dict:
     split_sizes = samples["split"].value_counts().reindex(["train", "valid", "test"], fill_value=0)
-    hist_len = samples["history"].map(len)
+    hist_len = _history_lengths(samples["history"])
     per_user_test = samples.assign(t=samples["split"].eq("test")).groupby("user_id")["t"].mean()
     return {
         "dataset": ds.name,
