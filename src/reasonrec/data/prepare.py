@@ -90,11 +90,13 @@ def load_prepared(path: str | Path) -> Prepared:
     return Prepared(samples, pd.read_parquet(path / "items.parquet"), pd.read_parquet(path / "users.parquet"), card)
 
 
-def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
+def prepare(ds: RawDataset, config: PrepareConfig | None = None, *, release_raw: bool = False) -> Prepared:
+    """`release_raw`: the caller is done with `ds.interactions`, so it is emptied as soon as the
+    time-ordered copy exists; on 20M rows that copy and the raw table would otherwise coexist."""
     cfg = config or PrepareConfig()
     started = time.perf_counter()
     report = validate(ds, skip_bad_rows=cfg.skip_bad_rows, duplicates=cfg.duplicates)
-    inter = ds.interactions.copy()
+    inter = ds.interactions.copy(deep=False)  # copy-on-write: the reader's columns are shared, not duplicated
     inter["user_id"] = inter["user_id"].astype(str)
     inter["item_id"] = inter["item_id"].astype(str)
     if "line" not in inter.columns:
@@ -107,6 +109,9 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     # Order within a user by time; ties (same second) keep file order so the result is deterministic.
     order, pos, count = user_timeline(inter["user_id"], inter["timestamp"], inter["line"])
     inter = inter.take(order).reset_index(drop=True)
+    del order
+    if release_raw:
+        ds.interactions = ds.interactions.iloc[:0].copy()  # a bare iloc slice would keep the columns alive
     windows = last_k_windows(pa.array(inter["item_id"]), pos, cfg.history_len)
 
     if cfg.last_n_per_user is not None:
@@ -121,12 +126,10 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     threshold = ds.label_threshold if cfg.label_threshold is None else cfg.label_threshold
     inter["label"] = (inter["rating"] >= threshold).astype("int8")
     if cfg.context and _real_time(ds):
-        when = pd.to_datetime(inter["timestamp"], unit="s", utc=True)
-        inter["ctx_hour"] = when.dt.hour.astype("int16")
-        inter["ctx_weekday"] = when.dt.day_of_week.astype("int16")
+        inter["ctx_hour"], inter["ctx_weekday"] = _hour_weekday(inter["timestamp"].to_numpy())
 
     ctx = [c for c in inter.columns if c.startswith("ctx_")]
-    samples = inter[["user_id", "item_id", "rating", "label", "timestamp", "split", "history", *ctx]].copy()
+    samples = inter[["user_id", "item_id", "rating", "label", "timestamp", "split", "history", *ctx]]
     samples.insert(0, "sample_id", np.arange(len(samples), dtype="int64"))
 
     item_table = ds.items
@@ -175,9 +178,9 @@ def _referenced_items(samples: pd.DataFrame) -> set[str]:
     history = pa.array(samples["history"])
     if not pa.types.is_list(history.type) and not pa.types.is_large_list(history.type):
         history = pa.array(list(samples["history"]), type=pa.list_(pa.string()))
-    named = pa.chunked_array([pa.array(samples["item_id"], type=pa.large_string()),
-                              pc.list_flatten(history).cast(pa.large_string())])
-    return set(pc.unique(named).to_pylist())
+    # distinct values first: a few thousand ids, not one Python object per history entry
+    named = set(pc.unique(pa.array(samples["item_id"])).to_pylist())
+    return named | set(pc.unique(pc.list_flatten(history)).to_pylist())
 
 
 def _history_lengths(history: pd.Series) -> pd.Series:
@@ -186,16 +189,28 @@ def _history_lengths(history: pd.Series) -> pd.Series:
     return history.map(len)
 
 
-def _split(pos: np.ndarray, count: np.ndarray, test_frac: float, valid_frac: float) -> np.ndarray:
+def _hour_weekday(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UTC hour of day and weekday (Monday 0) of epoch seconds, by arithmetic: no datetime column.
+    Floor division keeps times before 1970 right; 1970-01-01 was a Thursday (3)."""
+    days = seconds // 86_400
+    return ((seconds // 3_600) % 24).astype("int16"), ((days + 3) % 7).astype("int16")
+
+
+SPLIT_NAMES = pa.array(["train", "valid", "test"], type=pa.large_string())
+
+
+def _split(pos: np.ndarray, count: np.ndarray, test_frac: float, valid_frac: float) -> pd.Series:
     n_test = np.floor(count * test_frac + 0.5).astype(int)
     n_test = np.where((count >= 2) & (n_test == 0), 1, n_test)
     n_train = count - n_test
     n_valid = np.floor(n_train * valid_frac + 0.5).astype(int)
     n_valid = np.where((n_train >= 3) & (n_valid == 0), 1, n_valid)
-    split = np.full(len(pos), "train", dtype=object)
-    split[pos >= n_train - n_valid] = "valid"
-    split[pos >= n_train] = "test"
-    return split
+    code = np.zeros(len(pos), dtype=np.int8)
+    code[pos >= n_train - n_valid] = 1
+    code[pos >= n_train] = 2
+    # decoded by Arrow from one-byte codes: 20M Python str pointers would cost 160 MB and a pass each
+    names = pa.DictionaryArray.from_arrays(pa.array(code), SPLIT_NAMES).cast(pa.large_string())
+    return pd.Series(names.to_pandas(types_mapper={pa.large_string(): pd.StringDtype("pyarrow", np.nan)}.get))
 
 
 def _side_table(frame: pd.DataFrame, key: str, ids: set) -> pd.DataFrame:
@@ -233,7 +248,7 @@ def _numeric(values: pd.Series) -> bool:
 def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) -> dict:
     split_sizes = samples["split"].value_counts().reindex(["train", "valid", "test"], fill_value=0)
     hist_len = _history_lengths(samples["history"])
-    per_user_test = samples.assign(t=samples["split"].eq("test")).groupby("user_id")["t"].mean()
+    per_user_test = samples["split"].eq("test").groupby(samples["user_id"], sort=False).mean()
     return {
         "dataset": ds.name,
         "domain": ds.domain,
@@ -248,7 +263,7 @@ def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) ->
         "rating_mean": round(float(samples["rating"].mean()), 4),
         "label_threshold": threshold,
         "label_rate": round(float(samples["label"].mean()), 4),
-        "label_rate_by_split": {s: round(float(g["label"].mean()), 4) for s, g in samples.groupby("split")},
+        "label_rate_by_split": {s: round(float(r), 4) for s, r in samples.groupby("split")["label"].mean().items()},
         "split_sizes": {k: int(v) for k, v in split_sizes.items()},
         "split_fractions": {k: round(int(v) / len(samples), 4) for k, v in split_sizes.items()},
         "test_fraction_per_user_mean": round(float(per_user_test.mean()), 4),
