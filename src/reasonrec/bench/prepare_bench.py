@@ -2,8 +2,7 @@
 
 The synthetic dump is written (or reused) first and is not timed. The timed part is a fresh
 `reasonrec data prepare` process, so the figures include interpreter start-up and imports, like a
-user's run; the peak RSS is that process's own, from wait4's resource usage for its pid (not
-RUSAGE_CHILDREN, which keeps the largest of every child this process ever waited for).
+user's run; the peak RSS is that process's own (see `_MEASURE`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,18 +19,27 @@ from reasonrec.data.synth import write_movielens
 from reasonrec.errors import ReasonrecError
 
 
+# Run by a fresh, small interpreter: Linux carries the parent's peak into a child's ru_maxrss
+# (across fork and exec), so a child of this process (which may have just written a 20M-row
+# dump) would report at least this process's peak, not its own.
+_MEASURE = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+status = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - started
+kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+print(json.dumps({"status": status, "wall_s": wall, "peak_kib": kib}))
+"""
+
+
 def timed_run(command: list[str]) -> tuple[int, float, float, str]:
     """(exit status, wall seconds, peak RSS GiB, stderr tail) of one child process."""
-    with tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
-        err.seek(0)
-        tail = err.read()[-2000:].decode(errors="replace")
-    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return proc.returncode, wall, usage.ru_maxrss * unit / 2**30, tail
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise ReasonrecError(f"could not measure {command[:3]}: {done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured["status"], measured["wall_s"], measured["peak_kib"] / 2**20, done.stderr[-2000:]
 
 
 def run_prepare_bench(out: Path, *, rows: int, users: int, items: int, seed: int = 0,
