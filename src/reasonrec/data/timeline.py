@@ -1,11 +1,11 @@
 """prepare's heavy steps on whole columns: the per-user time order and the last-k history windows.
 
 Engine, chosen by measurement (5M synthetic ML rows, 2 shared cores; benchmarks/prepare/engines.py,
-docs/scale.md): sorting by (user, time, line) and numbering each user's rows takes 2.0 s in Polars
-and 4.0 s in DuckDB (a window query). For the history windows, Polars' concat_list of shifted
-columns takes 6.9 s and DuckDB's `list() OVER (ROWS 5 PRECEDING)` 9.6 s with the sort, while
-building the Arrow list array directly from offsets and one `take` takes 2.5 s and never makes a
-Python object per row. So Polars sorts and Arrow builds the windows.
+docs/data-scale.md): sorting by (user, time, line) and numbering each user's rows took 2.0 s in
+Polars and 4.0 s in DuckDB. With the windows, Polars' concat_list of shifted columns took 11.6-15.5 s,
+DuckDB's one window query (`list() OVER (ROWS 5 PRECEDING)`) 5.9-9.6 s, and a Polars sort with the
+Arrow list array built from offsets and one `take` 2.7-5.9 s, without a Python object per row.
+So Polars sorts and Arrow builds the windows.
 """
 
 from __future__ import annotations
