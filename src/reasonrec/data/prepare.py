@@ -175,9 +175,7 @@ def restrict_users(data: "Prepared", n: int | None, seed: int = 0) -> "Prepared"
 
 def _referenced_items(samples: pd.DataFrame) -> set[str]:
     """Every item a sample names, as its target or in its history."""
-    history = pa.array(samples["history"])
-    if not pa.types.is_list(history.type) and not pa.types.is_large_list(history.type):
-        history = pa.array(list(samples["history"]), type=pa.list_(pa.string()))
+    history = pa.array(samples["history"])  # Arrow-backed: prepare builds it so
     # distinct values first: a few thousand ids, not one Python object per history entry
     named = set(pc.unique(pa.array(samples["item_id"])).to_pylist())
     return named | set(pc.unique(pc.list_flatten(history)).to_pylist())

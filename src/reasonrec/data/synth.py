@@ -55,8 +55,7 @@ def ratings_frame(rows: int, users: int, items: int, seed: int = 0) -> pl.DataFr
     frame = pl.DataFrame({"userId": user, "movieId": item, "rating": rating, "timestamp": stamp})
     # a repeated (user, movie, second) would be dropped by prepare as a duplicate: move it a second on
     while True:
-        dup = frame.select(pl.struct("userId", "movieId", "timestamp").is_duplicated()
-                           & pl.struct("userId", "movieId", "timestamp").is_first_distinct().not_()).to_series()
+        dup = frame.select(pl.struct("userId", "movieId", "timestamp").is_first_distinct().not_()).to_series()
         if not dup.any():
             break
         frame = frame.with_columns(pl.when(dup).then(pl.col("timestamp") + 1).otherwise(pl.col("timestamp"))
