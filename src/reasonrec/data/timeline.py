@@ -86,5 +86,6 @@ def trim_to_last(pos: np.ndarray, count: np.ndarray, n: int) -> tuple[np.ndarray
     return keep, (pos - dropped)[keep], np.minimum(count, n)[keep]
 
 
-def history_column(windows: pa.Array, index: pd.Index | None = None) -> pd.Series:
-    return pd.Series(pd.arrays.ArrowExtensionArray(windows), index=index, name="history")
+def history_column(windows: pa.ChunkedArray) -> pd.Series:
+    """The windows as a pandas column without converting them: each element still reads as a list of str."""
+    return pd.Series(pd.arrays.ArrowExtensionArray(windows), name="history")
