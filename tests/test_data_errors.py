@@ -382,6 +382,38 @@ def test_fast_ratings_csv_matches_the_line_path(tmp_path):
     assert where(raises(read, "movielens", d)) == ("ratings.csv", 4, "rating")  # line numbers of the file
 
 
+@pytest.mark.parametrize("text", [
+    "userId,movieId,rating,timestamp\n007,0042,4,964982703\nZoë,7,3.5,964982704\n",  # ids stay text
+    "userId,movieId,rating,timestamp\r\n1,1,4,964982703\r\n2,1,0.5,964982704\r\n",  # CRLF
+    "\ufeffuserId,movieId,rating,timestamp\n1,1,4,964982703\n",  # byte-order mark
+    "userId,movieId,rating,timestamp,tag\n1,1,4,964982703,x\n2,3,5,964982704,007\n",  # an extra column
+], ids=["text-ids", "crlf", "bom", "extra-column"])
+def test_arrow_parsed_ratings_csv_matches_the_line_path(tmp_path, text):
+    from reasonrec.data.readers._fast import read_ratings_csv
+    from reasonrec.data.readers.movielens import CSV_COLUMNS, CSV_SCALE, FIELDS, _read_ratings_lines
+    from reasonrec.data.schema import RowSink
+
+    f = write(tmp_path / "ratings.csv", text)
+    fast = read_ratings_csv(f, dict(zip(FIELDS, CSV_COLUMNS)), CSV_SCALE)
+    slow = _read_ratings_lines(f, RowSink(["user_id", "item_id", "rating", "timestamp", "line"]))
+    assert fast is not None, "a clean file should not need the line path"
+    pd.testing.assert_frame_equal(fast[0], slow)
+
+
+def test_arrow_parse_declines_what_only_the_line_path_can_name(tmp_path):
+    from reasonrec.data.readers._fast import read_ratings_csv
+    from reasonrec.data.readers.movielens import CSV_COLUMNS, CSV_SCALE, FIELDS
+
+    columns = dict(zip(FIELDS, CSV_COLUMNS))
+    # rating text in a later Arrow block than the first: a guessed type would have failed midway
+    rows = "".join(f"{u},1,4,964982703\n" for u in range(1, 60_000))
+    for bad, field in (("2,1,four,964982704", "rating"), ("2,1,4,yesterday", "timestamp"), ("2,1,4", None)):
+        text = "userId,movieId,rating,timestamp\n" + rows + bad + "\n"
+        assert read_ratings_csv(write(tmp_path / "d.csv", text), columns, CSV_SCALE) is None
+        err = raises(read, "movielens", ml_latest(tmp_path / f"ml-{len(bad)}", text))
+        assert where(err)[:2] == ("ratings.csv", 60_001) and (field is None or where(err)[2] == field)
+
+
 @pytest.mark.parametrize("stamps, unit", [([1600000000000, 1600000360000, 1600000720000], "ms"), (None, None)])
 def test_fast_csv_log_matches_the_line_path(tmp_path, monkeypatch, stamps, unit):
     from reasonrec.data.readers import generic

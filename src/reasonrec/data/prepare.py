@@ -18,8 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from reasonrec.data.schema import FILE_ORDER, HISTORY_LEN, RawDataset, validate
+from reasonrec.data.timeline import history_column, last_k_windows, trim_to_last, user_timeline
 from reasonrec.errors import DataError
 
 REJECTS_FILE = "rejects.csv"
@@ -54,13 +58,26 @@ class Prepared:
         # write-then-rename so an interrupted prepare never leaves a half-written table behind
         for name, frame in (("samples", self.samples), ("items", self.items), ("users", self.users)):
             tmp = out / f".{name}.parquet.tmp"
-            frame.to_parquet(tmp, index=False)
+            pq.write_table(_as_table(frame), tmp)
             tmp.replace(out / f"{name}.parquet")
         rejects = self.rejects if self.rejects is not None else pd.DataFrame(columns=REJECT_COLUMNS)
         rejects.to_csv(out / REJECTS_FILE, index=False)
         (out / "card.json").write_text(json.dumps(self.card, indent=2, default=str))
         (out / "card.md").write_text(render_card(self.card))
         return out
+
+
+def _as_table(frame: pd.DataFrame) -> pa.Table:
+    """The frame as Arrow, with an Arrow-backed list column described to pandas as the plain
+    object column of lists it stands for: pandas cannot rebuild `list<...>[pyarrow]` from the
+    file's metadata, and readers of the file should not see which way the column was built."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = json.loads(table.schema.metadata[b"pandas"])
+    for col in meta["columns"]:
+        if col["name"] in frame.columns and isinstance(frame[col["name"]].dtype, pd.ArrowDtype) \
+                and pa.types.is_list(frame[col["name"]].dtype.pyarrow_dtype):
+            col["numpy_type"] = "object"
+    return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()})
 
 
 def load_prepared(path: str | Path) -> Prepared:
@@ -73,11 +90,13 @@ def load_prepared(path: str | Path) -> Prepared:
     return Prepared(samples, pd.read_parquet(path / "items.parquet"), pd.read_parquet(path / "users.parquet"), card)
 
 
-def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
+def prepare(ds: RawDataset, config: PrepareConfig | None = None, *, release_raw: bool = False) -> Prepared:
+    """`release_raw`: the caller is done with `ds.interactions`, so it is emptied as soon as the
+    time-ordered copy exists; on 20M rows that copy and the raw table would otherwise coexist."""
     cfg = config or PrepareConfig()
     started = time.perf_counter()
     report = validate(ds, skip_bad_rows=cfg.skip_bad_rows, duplicates=cfg.duplicates)
-    inter = ds.interactions.copy()
+    inter = ds.interactions.copy(deep=False)  # copy-on-write: the reader's columns are shared, not duplicated
     inter["user_id"] = inter["user_id"].astype(str)
     inter["item_id"] = inter["item_id"].astype(str)
     if "line" not in inter.columns:
@@ -88,16 +107,18 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
         inter = inter[inter["user_id"].isin(set(user_subset(inter["user_id"].unique(), cfg.max_users, cfg.seed)))]
 
     # Order within a user by time; ties (same second) keep file order so the result is deterministic.
-    inter = inter.sort_values(["user_id", "timestamp", "line"], kind="stable").reset_index(drop=True)
-    pos = inter.groupby("user_id", sort=False).cumcount().to_numpy()
-    count = inter.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
-    inter["history"] = _histories(inter["item_id"].to_numpy(), pos, cfg.history_len)
+    order, pos, count = user_timeline(inter["user_id"], inter["timestamp"], inter["line"])
+    inter = inter.take(order).reset_index(drop=True)
+    del order
+    if release_raw:
+        ds.interactions = ds.interactions.iloc[:0].copy()  # a bare iloc slice would keep the columns alive
+    windows = last_k_windows(pa.array(inter["item_id"]), pos, cfg.history_len)
 
     if cfg.last_n_per_user is not None:
-        keep = pos >= count - cfg.last_n_per_user
+        keep, pos, count = trim_to_last(pos, count, cfg.last_n_per_user)
         inter = inter[keep].reset_index(drop=True)
-        pos = inter.groupby("user_id", sort=False).cumcount().to_numpy()
-        count = inter.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+        windows = windows.filter(pa.array(keep))
+    inter["history"] = history_column(windows)
     if len(inter) == 0:
         raise DataError("no interactions left after subsampling", file=ds.meta.get("source", ds.name))
 
@@ -105,19 +126,17 @@ def prepare(ds: RawDataset, config: PrepareConfig | None = None) -> Prepared:
     threshold = ds.label_threshold if cfg.label_threshold is None else cfg.label_threshold
     inter["label"] = (inter["rating"] >= threshold).astype("int8")
     if cfg.context and _real_time(ds):
-        when = pd.to_datetime(inter["timestamp"], unit="s", utc=True)
-        inter["ctx_hour"] = when.dt.hour.astype("int16")
-        inter["ctx_weekday"] = when.dt.day_of_week.astype("int16")
+        inter["ctx_hour"], inter["ctx_weekday"] = _hour_weekday(inter["timestamp"].to_numpy())
 
     ctx = [c for c in inter.columns if c.startswith("ctx_")]
-    samples = inter[["user_id", "item_id", "rating", "label", "timestamp", "split", "history", *ctx]].copy()
+    samples = inter[["user_id", "item_id", "rating", "label", "timestamp", "split", "history", *ctx]]
     samples.insert(0, "sample_id", np.arange(len(samples), dtype="int64"))
 
     item_table = ds.items
     if ds.derive_items is not None:
         item_table = ds.derive_items(inter[inter["split"] == "train"], item_table)
-    items = _side_table(item_table, "item_id", set(samples["item_id"]) | {i for h in samples["history"] for i in h})
-    users = _side_table(ds.users, "user_id", set(samples["user_id"]))
+    items = _side_table(item_table, "item_id", _referenced_items(samples))
+    users = _side_table(ds.users, "user_id", set(samples["user_id"].unique()))
     rejects = pd.DataFrame(list(ds.meta.get("rejects", [])) + report["rejects"], columns=REJECT_COLUMNS)
     card = make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users)
     card["prepare_seconds"] = round(time.perf_counter() - started, 2)
@@ -154,27 +173,42 @@ def restrict_users(data: "Prepared", n: int | None, seed: int = 0) -> "Prepared"
     return Prepared(samples, data.items, data.users, card)
 
 
-def _histories(items: np.ndarray, pos: np.ndarray, k: int) -> list[list[str]]:
-    """Row r gets items[r-j] for j = k..1 where the same user has them (pos >= j), oldest first."""
-    n = len(items)
-    out = [[] for _ in range(n)]
-    for j in range(k, 0, -1):
-        rows = np.nonzero(pos >= j)[0]
-        for r in rows:
-            out[r].append(items[r - j])
-    return out
+def _referenced_items(samples: pd.DataFrame) -> set[str]:
+    """Every item a sample names, as its target or in its history."""
+    history = pa.array(samples["history"])  # Arrow-backed: prepare builds it so
+    # distinct values first: a few thousand ids, not one Python object per history entry
+    named = set(pc.unique(pa.array(samples["item_id"])).to_pylist())
+    return named | set(pc.unique(pc.list_flatten(history)).to_pylist())
 
 
-def _split(pos: np.ndarray, count: np.ndarray, test_frac: float, valid_frac: float) -> np.ndarray:
+def _history_lengths(history: pd.Series) -> pd.Series:
+    if isinstance(history.dtype, pd.ArrowDtype):
+        return history.list.len()
+    return history.map(len)
+
+
+def _hour_weekday(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UTC hour of day and weekday (Monday 0) of epoch seconds, by arithmetic: no datetime column.
+    Floor division keeps times before 1970 right; 1970-01-01 was a Thursday (3)."""
+    days = seconds // 86_400
+    return ((seconds // 3_600) % 24).astype("int16"), ((days + 3) % 7).astype("int16")
+
+
+SPLIT_NAMES = pa.array(["train", "valid", "test"], type=pa.large_string())
+
+
+def _split(pos: np.ndarray, count: np.ndarray, test_frac: float, valid_frac: float) -> pd.Series:
     n_test = np.floor(count * test_frac + 0.5).astype(int)
     n_test = np.where((count >= 2) & (n_test == 0), 1, n_test)
     n_train = count - n_test
     n_valid = np.floor(n_train * valid_frac + 0.5).astype(int)
     n_valid = np.where((n_train >= 3) & (n_valid == 0), 1, n_valid)
-    split = np.full(len(pos), "train", dtype=object)
-    split[pos >= n_train - n_valid] = "valid"
-    split[pos >= n_train] = "test"
-    return split
+    code = np.zeros(len(pos), dtype=np.int8)
+    code[pos >= n_train - n_valid] = 1
+    code[pos >= n_train] = 2
+    # decoded by Arrow from one-byte codes: 20M Python str pointers would cost 160 MB and a pass each
+    names = pa.DictionaryArray.from_arrays(pa.array(code), SPLIT_NAMES).cast(pa.large_string())
+    return pd.Series(names.to_pandas(types_mapper={pa.large_string(): pd.StringDtype("pyarrow", np.nan)}.get))
 
 
 def _side_table(frame: pd.DataFrame, key: str, ids: set) -> pd.DataFrame:
@@ -211,8 +245,8 @@ def _numeric(values: pd.Series) -> bool:
 
 def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) -> dict:
     split_sizes = samples["split"].value_counts().reindex(["train", "valid", "test"], fill_value=0)
-    hist_len = samples["history"].map(len)
-    per_user_test = samples.assign(t=samples["split"].eq("test")).groupby("user_id")["t"].mean()
+    hist_len = _history_lengths(samples["history"])
+    per_user_test = samples["split"].eq("test").groupby(samples["user_id"], sort=False).mean()
     return {
         "dataset": ds.name,
         "domain": ds.domain,
@@ -227,7 +261,7 @@ def make_card(ds, samples, items, users, cfg, threshold, report, n_raw_users) ->
         "rating_mean": round(float(samples["rating"].mean()), 4),
         "label_threshold": threshold,
         "label_rate": round(float(samples["label"].mean()), 4),
-        "label_rate_by_split": {s: round(float(g["label"].mean()), 4) for s, g in samples.groupby("split")},
+        "label_rate_by_split": {s: round(float(r), 4) for s, r in samples.groupby("split")["label"].mean().items()},
         "split_sizes": {k: int(v) for k, v in split_sizes.items()},
         "split_fractions": {k: round(int(v) / len(samples), 4) for k, v in split_sizes.items()},
         "test_fraction_per_user_mean": round(float(per_user_test.mean()), 4),
