@@ -215,6 +215,8 @@ def train(
     epochs: Optional[int] = typer.Option(None), patience: Optional[int] = typer.Option(None),
     embed_dim: Optional[int] = typer.Option(None),
     monitor: Optional[str] = typer.Option(None, help="early stopping on valid auc | logloss (rmse | mae for regression)"),
+    nproc: Optional[int] = typer.Option(None, help="train each seed on N local processes (DDP over gloo); the global "
+                                                   "batch stays --batch-size [default: 1]"),
     set_: list[str] = typer.Option([], "--set", help="any config option, KEY=VALUE (e.g. dropout=0.2, "
                                                     "train.weight_decay=1e-6, mlp=[64,8]); see reasonrec.config"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
@@ -233,7 +235,7 @@ def train(
     use_text = (model == "lr-recsys") if with_explanations is None else with_explanations
     given = {"model": model, "preset": preset, "task": task, "encoder": encoder, "side_features": side_features,
              "lr": lr, "batch_size": batch_size, "epochs": epochs, "patience": patience, "embed_dim": embed_dim,
-             "monitor": monitor, "explanations": "free" if free_vectors else ("text" if use_text else "none")}
+             "monitor": monitor, "nproc": nproc, "explanations": "free" if free_vectors else ("text" if use_text else "none")}
     cfg = resolve({**{k: v for k, v in given.items() if v is not None}, **_parse_sets(set_)})
     table = None
     if cfg.explanations == "text":
