@@ -109,3 +109,38 @@ def test_recommender_fits_on_two_processes_with_early_stopping(small):
 def test_nproc_must_be_positive():
     with pytest.raises(ReasonrecError, match="nproc"):
         Recommender(model="deepfm", nproc=0)
+
+
+def test_a_torchrun_launch_trains_as_one_group(tmp_path):
+    """`torchrun --nproc-per-node 2 -m reasonrec.cli train ...`: each launched process is one rank of
+    the launcher's group (no second spawn), both end with the same model, and rank 0 alone saves."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import reasonrec
+
+    data = prepare(read("ml-100k"), PrepareConfig(max_users=60, last_n_per_user=20))
+    data.save(tmp_path / "data")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "reasonrec.cli", "train", "--dataset", str(tmp_path / "data"), "--model", "deepfm",
+           "--without-explanations", "--epochs", "2", "--batch-size", "64", "--no-progress",
+           "--out", str(tmp_path / "models")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               "PYTHONPATH": str(Path(reasonrec.__file__).parents[1])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the seed's row (test AUC, best epoch, ...) as each rank printed it
+    rows = [line for line in done.stdout.splitlines() if line.split()[:1] == ["0"]]
+    assert len(rows) == 2 and rows[0] == rows[1], f"both ranks must end with rank 0's model and record: {rows}"
+    assert (tmp_path / "models" / "seed-0" / "model.pt").is_file()
+
+
+def test_two_processes_resume_from_rank_0s_checkpoint(tensors, tmp_path):
+    (data, featurizer) = tensors
+    cfg = Recommender(model="deepfm", explanations="none", epochs=2, patience=5, batch_size=64, nproc=2,
+                      checkpoint_dir=str(tmp_path)).config.train
+    fit(model_for(featurizer, 0.2), data["train"], data["valid"], cfg)
+    resumed = fit(model_for(featurizer, 0.2), data["train"], data["valid"], cfg.model_copy(update={"epochs": 3}))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]

@@ -5,8 +5,8 @@ Launcher: `torch.multiprocessing.spawn` from inside `fit`, not Ray Train and not
 the finished tensors through shared memory, so the estimator, `run_seeds`, the benchmarks and the
 CLI all scale out by one config value. Ray would be a large optional dependency for what gloo on one
 machine already does, and `torchrun` would make every rank repeat the data preparation. Ranks only
-talk through a `torch.distributed` process group, so a group that a launcher already initialised
-(e.g. `torchrun`) is used as is.
+talk through a `torch.distributed` process group, so a process that a launcher started as one of
+several (`torchrun`, also across nodes) joins the launcher's group and trains as its rank.
 
 The sharding keeps one process's optimisation: every rank draws the same seeded permutation, and
 global batch k (the same `batch_size` samples one process would see) is cut into `nproc` contiguous
@@ -18,6 +18,7 @@ up to the order of float additions and the dropout masks (drawn per rank).
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -90,11 +91,31 @@ def leader_says(flag: bool) -> bool:
     return bool(t.item())
 
 
+def from_leader(*objects):
+    """Rank 0's `objects` (any picklable), on every rank."""
+    box = list(objects)
+    dist.broadcast_object_list(box, src=0)
+    return box
+
+
+def is_leader() -> bool:
+    """False only on ranks other than 0 of a launcher's process group: they must not write outputs."""
+    shard = current_shard()
+    return shard is None or shard.leader
+
+
 def current_shard() -> Shard | None:
-    """The shard of an already initialised process group (a `torchrun` launch), else None."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return Shard(dist.get_rank(), dist.get_world_size())
-    return None
+    """This process's shard when a launcher started it as one rank of several (torchrun sets
+    WORLD_SIZE and the rendezvous variables; the group is joined here on first use), else None."""
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+            return None
+        dist.init_process_group("gloo")
+    if dist.get_world_size() <= 1:
+        return None
+    return Shard(dist.get_rank(), dist.get_world_size())
 
 
 def _free_port() -> int:

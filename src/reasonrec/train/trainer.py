@@ -220,6 +220,9 @@ def train_loop(model: nn.Module, train: TensorData, valid: TensorData, cfg: Trai
             break
     result.seconds = time.perf_counter() - started
     result.seconds_per_epoch = result.seconds / max(result.epochs_run - start_epoch, 1)
+    if shard is not None:
+        # every rank leaves with rank 0's model and record, so a launcher's ranks agree afterwards
+        best_state, result = distributed.from_leader(best_state, result)
     return best_state, result
 
 
