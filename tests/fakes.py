@@ -42,3 +42,31 @@ class FakeLLM:
     def generate_groups(self, groups, params: GenerationParams):
         self.group_sizes.extend(len(g) for g in groups)
         return generate_flat(self, groups, params)
+
+
+class DiesOnce:
+    """A backend recipe (picklable, for engines that build backends in other processes): the backend
+    `make()` builds (default: a FakeLLM), whose process exits on its `after`-th batch the first time
+    any process gets there (the marker file records it), as a worker killed mid-run would."""
+
+    def __init__(self, marker, after: int = 2, make=None):
+        self.marker, self.after, self.make = str(marker), after, make
+
+    def __call__(self):
+        return _Dying(self.make() if self.make else FakeLLM(), self.marker, self.after)
+
+
+class _Dying:
+    def __init__(self, inner, marker: str, after: int):
+        self.inner, self.marker, self.after, self.batches = inner, marker, after, 0
+        self.model_id = inner.model_id
+
+    def generate_groups(self, groups, params: GenerationParams):
+        import os
+        from pathlib import Path
+
+        self.batches += 1
+        if self.batches == self.after and not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return self.inner.generate_groups(groups, params)
