@@ -70,3 +70,28 @@ class _Dying:
             Path(self.marker).write_text(str(os.getpid()))
             os._exit(1)
         return self.inner.generate_groups(groups, params)
+
+
+class GoesAway:
+    """A backend recipe: a FakeLLM that answers its first `answered` prompts of a batch, then loses
+    its server (BackendUnavailable with those answers as `partial`)."""
+
+    def __init__(self, answered: int = 1):
+        self.answered = answered
+
+    def __call__(self):
+        return _GoneAway(self.answered)
+
+
+class _GoneAway(FakeLLM):
+    def __init__(self, answered: int):
+        super().__init__()
+        self.answered = answered
+
+    def generate_groups(self, groups, params: GenerationParams):
+        from reasonrec.errors import BackendUnavailable
+
+        done = super().generate_groups(groups, params)
+        flat = iter(range(sum(len(g) for g in groups)))
+        partial = [[gen if next(flat) < self.answered else None for gen in group] for group in done]
+        raise BackendUnavailable("http://gone:8000/v1: connection refused", partial=partial)

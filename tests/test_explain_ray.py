@@ -12,7 +12,8 @@ from reasonrec.explain.generate import ExplainConfig, Explainer
 from reasonrec.explain.store import ExplanationStore
 from reasonrec.explain.templates import load_templates
 from reasonrec.llm.base import ModelIdOnly
-from tests.fakes import DiesOnce, FakeLLM
+from reasonrec.errors import BackendUnavailable
+from tests.fakes import DiesOnce, FakeLLM, GoesAway
 
 ray = pytest.importorskip("ray")
 
@@ -56,6 +57,19 @@ def test_an_actor_killed_mid_run_leaves_the_store_of_one_process(local_ray, data
     assert len(rows(one)) > 100
     assert rows(on_ray).equals(rows(one))
 
+
+
+def test_a_server_lost_in_an_actor_stops_the_run_and_keeps_its_answers(local_ray, data, tmp_path):
+    """As in one process: BackendUnavailable stops the run, and what the server answered before
+    it went away (`partial`, carried back from the actor) is stored."""
+    from reasonrec.explain.ray_engine import RayEngine
+
+    store = ExplanationStore(tmp_path / "ray.sqlite")
+    explainer = Explainer(ModelIdOnly("fake-llm"), store, load_templates("movie"),
+                          ExplainConfig(profiles=False, batch_size=8), engine=RayEngine(GoesAway(answered=3), actors=1))
+    with pytest.raises(BackendUnavailable, match="connection refused"):
+        explainer.run(data.samples, data.items, progress=False)
+    assert store.count() == 3
 
 @pytest.mark.slow
 def test_embedded_model_on_two_actors_one_killed_matches_one_greedy_process(local_ray, tmp_path):
