@@ -127,6 +127,10 @@ def explain(
                                         "N single-threaded workers beat one N-threaded process"),
     concurrency: Optional[int] = typer.Option(None, min=1, help="requests in flight to an openai: server, per "
                                                                 "process [default: 8]"),
+    engine: str = typer.Option("local", help="local | ray: Ray Data over the batches, --workers actors each "
+                                             "holding the backend (pip install 'reasonrec[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="with --engine ray: a running cluster (auto | "
+                                                         "ray://HOST:PORT) [default: start a local one]"),
 ):
     """Generate (or complete) the explanations of a prepared dataset into the store."""
     from reasonrec.data.prepare import load_prepared
@@ -137,6 +141,8 @@ def explain(
 
     if workers > 1 and shard:
         raise ReasonrecError("--workers starts its own shards: give either --workers or --shard")
+    if engine not in ("local", "ray"):
+        raise ReasonrecError(f"--engine {engine!r}: expected local | ray")
     data = load_prepared(_dataset_dir(dataset))
     samples = data.samples
     if split:
@@ -146,14 +152,24 @@ def explain(
     if shard:
         samples = shard_samples(samples, shard)
     domain = data.card.get("domain", "movie")
-    explainer = Explainer(get_backend(llm, **backend_options(llm, threads, concurrency)), ExplanationStore(store),
-                          load_templates(domain),
+    options = backend_options(llm, threads, concurrency)
+    if engine == "ray":  # the backends live in the actors; here only the model id keys the store
+        from reasonrec.explain.ray_engine import BackendSpec, RayEngine
+        from reasonrec.llm import model_id_of
+        from reasonrec.llm.base import ModelIdOnly
+
+        backend, runner = ModelIdOnly(model_id_of(llm)), RayEngine(BackendSpec(llm, **options), actors=workers,
+                                                                   cpus_per_actor=threads or 1, address=ray_address)
+    else:
+        backend, runner = get_backend(llm, **options), None
+    explainer = Explainer(backend, ExplanationStore(store), load_templates(domain),
                           ExplainConfig(variant=variant, profiles=profiles, batch_size=batch_size,
-                                        retry_failed=retry_failed))
+                                        retry_failed=retry_failed), engine=runner)
     typer.echo(f"{len(samples):,} samples of {dataset} ({domain}), variant {variant}, "
                f"profiles {'on' if profiles else 'off'}, model {explainer.model_id}"
-               + (f", shard {shard}" if shard else f", {workers} workers" if workers > 1 else ""))
-    if workers > 1:
+               + (f", shard {shard}" if shard else f", {workers} Ray actors" if runner else
+                  f", {workers} workers" if workers > 1 else ""))
+    if workers > 1 and runner is None:
         from reasonrec.explain.workers import run_workers
 
         # profiles first, here: every shard needs them and none should make one twice
@@ -219,6 +235,8 @@ def train(
     epochs: Optional[int] = typer.Option(None), patience: Optional[int] = typer.Option(None),
     embed_dim: Optional[int] = typer.Option(None),
     monitor: Optional[str] = typer.Option(None, help="early stopping on valid auc | logloss (rmse | mae for regression)"),
+    nproc: Optional[int] = typer.Option(None, help="train each seed on N local processes (DDP over gloo); the global "
+                                                   "batch stays --batch-size [default: 1]"),
     set_: list[str] = typer.Option([], "--set", help="any config option, KEY=VALUE (e.g. dropout=0.2, "
                                                     "train.weight_decay=1e-6, mlp=[64,8]); see reasonrec.config"),
     store: Path = typer.Option(Path("artifacts/store/explanations.sqlite")),
@@ -237,7 +255,7 @@ def train(
     use_text = (model == "lr-recsys") if with_explanations is None else with_explanations
     given = {"model": model, "preset": preset, "task": task, "encoder": encoder, "side_features": side_features,
              "lr": lr, "batch_size": batch_size, "epochs": epochs, "patience": patience, "embed_dim": embed_dim,
-             "monitor": monitor, "explanations": "free" if free_vectors else ("text" if use_text else "none")}
+             "monitor": monitor, "nproc": nproc, "explanations": "free" if free_vectors else ("text" if use_text else "none")}
     cfg = resolve({**{k: v for k, v in given.items() if v is not None}, **_parse_sets(set_)})
     table = None
     if cfg.explanations == "text":

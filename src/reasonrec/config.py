@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from reasonrec.errors import ReasonrecError
 
@@ -40,6 +40,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     threads: int | None = 1                 # tiny models: one thread beats two on a small, shared CPU
     checkpoint_dir: str | None = None       # saves the best weights + state each epoch; resumes from it
+    nproc: int = Field(1, ge=1)             # data-parallel processes (DDP, gloo); the global batch stays batch_size
     progress: bool = False
 
 

@@ -37,3 +37,7 @@ class BackendUnavailable(ReasonrecError):
     def __init__(self, message: str, partial: list | None = None):
         super().__init__(message)
         self.partial = partial
+
+    def __reduce__(self):
+        # keeps `partial` when the error travels between processes (a Ray actor to the driver)
+        return type(self), (str(self), self.partial)

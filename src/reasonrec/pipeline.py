@@ -68,6 +68,7 @@ def run_seeds(data: Prepared, config, seeds=(0, 1, 2, 3, 4), explanations: pd.Da
 
     Returns a DataFrame (one row per seed) and, if asked, the test predictions per seed."""
     from reasonrec.estimator import Recommender
+    from reasonrec.train import distributed
 
     rows, preds = [], {}
     test = data.samples[data.samples["split"] == "test"]
@@ -88,7 +89,7 @@ def run_seeds(data: Prepared, config, seeds=(0, 1, 2, 3, 4), explanations: pd.Da
         rows.append(row)
         if keep_predictions:
             preds[seed] = rec.predict(test, explanations)
-        if out is not None:
+        if out is not None and distributed.is_leader():
             rec.save(Path(out) / f"seed-{seed}")
     frame = pd.DataFrame(rows)
     return (frame, preds) if keep_predictions else frame

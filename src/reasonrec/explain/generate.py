@@ -78,9 +78,15 @@ class _Job:
 
 
 class Explainer:
-    def __init__(self, backend, store: ExplanationStore, templates: TemplateSet, config: ExplainConfig | None = None):
+    def __init__(self, backend, store: ExplanationStore, templates: TemplateSet, config: ExplainConfig | None = None,
+                 engine=None):
+        """engine: where the prompts are generated when not by `backend` in this process, e.g.
+        `reasonrec.explain.ray_engine.RayEngine`; `backend` then only needs its `model_id`. Its
+        `generate(requests)` takes [(prompt groups, params)] and yields (index, results or exception)
+        in any order; cleaning and storing stay here."""
         self.backend, self.store, self.templates = backend, store, templates
         self.cfg = config or ExplainConfig()
+        self.engine = engine
 
     # --- keys and prompts (cheap: no model needed) -----------------------------------------
 
@@ -177,20 +183,23 @@ class Explainer:
         started = time.perf_counter()
         bar = tqdm(total=len(pending), desc=stage, unit="gen", disable=not progress, smoothing=0.05,
                    position=bar_position)
-        for batch in batches:
-            groups = self._group(batch)
-            try:
-                results = self.backend.generate_groups([[j.prompt for j in g] for g in groups], batch[0].params)
-            except BackendUnavailable as err:
+        requests = [(self._group(batch), batch[0].params) for batch in batches]
+        outcomes = (self.engine.generate([([[j.prompt for j in g] for g in groups], params)
+                                          for groups, params in requests])
+                    if self.engine is not None else self._generate_here(requests))
+        for index, results in outcomes:
+            (groups, _), batch = requests[index], batches[index]
+            err = results if isinstance(results, Exception) else None
+            if isinstance(err, BackendUnavailable):
                 if err.partial is not None:  # what the server answered before it went away
                     self._store(groups, err.partial, summary)
                 bar.close()
                 raise BackendUnavailable(f"{err}\n{stage}: stopped with {summary.generated} of {len(pending)} texts "
                                          "made and stored; a rerun makes the rest") from None
-            except ReasonrecError:  # key refused, unknown model, bad parameters: every batch would fail alike
+            if isinstance(err, ReasonrecError):  # key refused, unknown model, bad parameters: every batch would fail alike
                 bar.close()
-                raise
-            except Exception as err:  # one batch failing must not lose the batches before it
+                raise err
+            if err is not None:  # one batch failing must not lose the batches before it
                 summary.errors += len(batch)
                 bar.write(f"{stage}: batch of {len(batch)} failed: {type(err).__name__}: {err}")
                 bar.update(len(batch))
@@ -202,6 +211,14 @@ class Explainer:
         bar.close()
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _generate_here(self, requests):
+        """(batch index, results or the exception the backend raised), batch after batch, in order."""
+        for index, (groups, params) in enumerate(requests):
+            try:
+                yield index, self.backend.generate_groups([[j.prompt for j in g] for g in groups], params)
+            except Exception as err:
+                yield index, err
 
     def _store(self, groups: list[list[_Job]], results: list[list[Generation | None]], summary: RunSummary) -> None:
         """One commit for a batch's answers; backend errors (and prompts never answered: None) are

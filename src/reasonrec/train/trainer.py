@@ -118,12 +118,39 @@ def evaluate(model, data: TensorData, task: str, scale=(1.0, 5.0)) -> dict:
 
 def fit(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig, task: str = "classification",
         scale: tuple[float, float] = (1.0, 5.0)) -> FitResult:
-    seed_everything(cfg.seed, cfg.threads)
+    """Train `model` in place and leave the best validation weights in it.
+
+    `cfg.nproc > 1` trains on that many local processes (`reasonrec.train.distributed`); inside a
+    process group that a launcher set up (torchrun), this process is one rank of it."""
+    from reasonrec.train import distributed
+
+    shard = distributed.current_shard()
+    if shard is None and cfg.nproc > 1:
+        best_state, result = distributed.spawn_fit(model, train, valid, cfg, task, scale)
+    else:
+        best_state, result = train_loop(model, train, valid, cfg, task, scale, shard)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.dead_units, result.constant_output = bottleneck_health(model, valid)
+    return result
+
+
+def train_loop(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig, task: str,
+               scale: tuple[float, float], shard=None) -> tuple[dict | None, FitResult]:
+    """The epochs: returns (best validation weights, FitResult). With a `shard` this process is one
+    rank: it trains on its piece of every global batch, and rank 0 alone validates, keeps the best
+    weights, writes the checkpoint and decides when to stop; its decision is broadcast."""
+    from reasonrec.train import distributed
+
+    leader = shard is None or shard.leader
+    # dropout masks differ per rank, as they would across the samples of one process's batch
+    seed_everything(cfg.seed + (shard.rank if shard else 0), cfg.threads)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = distributed.wrap(model, next(valid.batches(8))) if shard else model
     criterion = loss_fn(task)
     metric, larger_is_better = monitor_of(cfg, task)
     tables = embedding_tables(model) if cfg.embed_reg else []
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)   # the same permutation on every rank
     result = FitResult(monitor=metric)
     best_state, best_score, start_epoch, bad_epochs = None, None, 0, 0
 
@@ -137,46 +164,60 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData, cfg: TrainConfig
         result = FitResult(**state["result"])
 
     started = time.perf_counter() - result.seconds
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not cfg.progress, leave=False)
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not (cfg.progress and leader), leave=False)
     for epoch in bar:
         model.train()
         total, seen = 0.0, 0
-        for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen):
+        if shard is None:
+            pieces = ((batch, None) for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen))
+        else:
+            pieces = distributed.batches(train, cfg.batch_size, shard, gen)
+        for batch, global_size in pieces:
             opt.zero_grad(set_to_none=True)
-            loss = criterion(model(batch), target(batch, task, scale, cfg.supervision))
+            loss = criterion(net(batch), target(batch, task, scale, cfg.supervision))
             total += loss.item() * len(batch["user"])
             seen += len(batch["user"])
+            if global_size is not None:
+                # DDP averages over ranks; weighting by this rank's share makes it the global mean
+                loss = loss * (len(batch["user"]) * shard.world / global_size)
             if tables:
                 loss = loss + cfg.embed_reg * sum(t.pow(2).sum() for t in tables)
             loss.backward()
             opt.step()
-        scores = evaluate(model, valid, task, scale)
-        result.history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), **{f"valid_{k}": v for k, v in scores.items()}})
-        score = scores[metric]
-        improved = best_score is None or (score > best_score if larger_is_better else score < best_score)
-        if improved:
-            best_score, best_state, bad_epochs = score, copy.deepcopy(model.state_dict()), 0
-            result.best_epoch, result.best_valid = epoch + 1, scores
-        else:
-            bad_epochs += 1
-        result.epochs_run = epoch + 1
-        result.seconds = time.perf_counter() - started
-        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", **{metric: f"{score:.4f}"})
-        if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                        "best_state": best_state, "best_score": best_score, "epoch": epoch + 1,
-                        "bad_epochs": bad_epochs, "result": asdict(result)}, tmp)
-            tmp.replace(ckpt)
-        if bad_epochs >= cfg.patience:
+        if shard is not None:
+            total, seen = distributed.all_sum([total, seen])
+        stop = False
+        if leader:
+            scores = evaluate(model, valid, task, scale)
+            result.history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), **{f"valid_{k}": v for k, v in scores.items()}})
+            score = scores[metric]
+            improved = best_score is None or (score > best_score if larger_is_better else score < best_score)
+            if improved:
+                best_score, best_state, bad_epochs = score, copy.deepcopy(model.state_dict()), 0
+                result.best_epoch, result.best_valid = epoch + 1, scores
+            else:
+                bad_epochs += 1
+            result.epochs_run = epoch + 1
+            result.seconds = time.perf_counter() - started
+            bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", **{metric: f"{score:.4f}"})
+            if ckpt is not None:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                tmp = ckpt.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                            "best_state": best_state, "best_score": best_score, "epoch": epoch + 1,
+                            "bad_epochs": bad_epochs, "result": asdict(result)}, tmp)
+                tmp.replace(ckpt)
+            stop = bad_epochs >= cfg.patience
+        if shard is not None:
+            stop = distributed.leader_says(stop)
+        if stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - started
     result.seconds_per_epoch = result.seconds / max(result.epochs_run - start_epoch, 1)
-    result.dead_units, result.constant_output = bottleneck_health(model, valid)
-    return result
+    if shard is not None:
+        # every rank leaves with rank 0's model and record, so a launcher's ranks agree afterwards
+        best_state, result = distributed.from_leader(best_state, result)
+    return best_state, result
 
 
 def save_json(obj, path: Path):
