@@ -134,6 +134,9 @@ class Recommender:
         s = data.samples
         keep = s[["sample_id", "user_id", "item_id", "timestamp", "history", "rating", "label", "split"] +
                  [c for c in s.columns if c.startswith("ctx_")]].copy()
+        # plain lists: prepare() may hold histories as an Arrow list column, which a bundle's Parquet
+        # round trip cannot rebuild as a pandas dtype
+        keep["history"] = pd.Series([list(h) for h in keep["history"]], index=keep.index, dtype=object)
         if explanations is not None:
             cols = [c for c in self.config.text_columns if c in explanations.columns]
             keep = keep.merge(explanations[["sample_id", *cols]], on="sample_id", how="left")

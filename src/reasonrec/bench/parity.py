@@ -110,7 +110,8 @@ def render(results: pd.DataFrame, peers: pd.DataFrame | None, out: Path, card: d
              f"users; split per user by time: {split}; label = rating >= {card.get('label_threshold')}). Side "
              "features and context on for every model, no explanations. Each model runs at its defaults "
              "(`reasonrec.config` + the model's DEFAULTS); early stopping on validation AUC; test scored once "
-             f"with the best-validation weights. Regenerate: `{command}` (resumable; finished fits are kept).", "",
+             "with the best-validation weights. Rows labelled with settings ran with `--set KEY=VALUE`. The "
+             f"fits are kept in results.csv, so a rerun only adds what is missing; the last run: `{command}`.", "",
              "| model | seeds | test AUC | test LogLoss | valid AUC | best epochs | s/epoch | dead units |",
              "|---|---|---|---|---|---|---|---|"]
     results = results.assign(row=[m if o in ("{}", None) else f"{m} {o}" for m, o in
