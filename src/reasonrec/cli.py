@@ -152,6 +152,8 @@ def explain(
     if shard:
         samples = shard_samples(samples, shard)
     domain = data.card.get("domain", "movie")
+    if engine == "ray" and threads is None and ray_address is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)  # one core's share per actor, as each --workers shard
     options = backend_options(llm, threads, concurrency)
     if engine == "ray":  # the backends live in the actors; here only the model id keys the store
         from reasonrec.explain.ray_engine import BackendSpec, RayEngine
@@ -334,13 +336,39 @@ def bench_throughput(
                                                                 "'synthetic' for generated ones"),
     samples: int = typer.Option(64), single: Optional[int] = typer.Option(None, help="samples for mode (a) "
                                                                                    "[default: all]"),
-    batch_size: int = typer.Option(64), threads: Optional[int] = typer.Option(None, help="[default: auto]"),
+    batch_size: Optional[int] = typer.Option(None, help="[default: 64; with --engine ray: samples / workers, "
+                                                        "samples per explain batch]"),
+    threads: Optional[int] = typer.Option(None, help="[default: auto]"),
     out: Optional[Path] = typer.Option(None, help="also write the results as JSON"),
+    engine: Optional[str] = typer.Option(None, help="ray: instead, time `explain --workers N` against "
+                                                    "`explain --engine ray --workers N` on the first --samples test "
+                                                    "samples, each into a fresh store seeded with --profiles-cache"),
+    workers: int = typer.Option(2, help="with --engine ray: worker processes and Ray actors"),
+    profiles_cache: Optional[Path] = typer.Option(Path("benchmarks/cache/ml100k-bench-smollm2.parquet"),
+                                                  help="with --engine ray: item profiles to seed both stores with; "
+                                                       "'none' runs --no-profiles"),
 ):
-    """One process, the same samples: (a) one prompt at a time, (b) batched generate, (c) the engine."""
+    """One process, the same samples: (a) one prompt at a time, (b) batched generate, (c) the engine.
+
+    With --engine ray: explanations/s of today's `explain --workers N` and of `explain --engine ray`."""
+    if engine is not None:
+        from reasonrec.bench.throughput import run_engines
+
+        if engine != "ray":
+            raise ReasonrecError(f"--engine {engine!r}: expected ray")
+        if dataset == "synthetic":
+            raise ReasonrecError("--engine ray runs `explain` on a prepared dataset, not 'synthetic'")
+        cache = None if profiles_cache is None or str(profiles_cache) == "none" else profiles_cache
+        result = run_engines(str(_dataset_dir(dataset)), samples, actors=workers, batch_size=batch_size,
+                             profiles_cache=cache)
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2))
+        return
     from reasonrec.bench.throughput import run_throughput
     from reasonrec.llm import get_backend
 
+    batch_size = batch_size or 64
     backend = get_backend("embedded", threads=threads or "auto", batch_size=batch_size)
     pairs = None
     if dataset != "synthetic":

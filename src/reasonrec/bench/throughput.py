@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -173,3 +174,117 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- `reasonrec bench throughput --engine ray`: today's `explain --workers N` against `explain --engine ray` ---
+
+def _profiles_only(cache: str | Path, out: Path) -> Path:
+    """The item-profile rows of an exported cache, as a Parquet file to import into fresh stores."""
+    import pandas as pd
+
+    frame = pd.read_parquet(cache)
+    frame[frame["task"] == "profile"].to_parquet(out, index=False)
+    return out
+
+
+def _explain_in_process(args: list[str]) -> float:
+    """`reasonrec explain *args` in this process: the CLI's own code path, nothing re-implemented.
+    With `--engine ray` it first starts a local Ray (stopped after); returns the seconds that took."""
+    from reasonrec.cli import app
+
+    ray = "--engine" in args and args[args.index("--engine") + 1] == "ray"
+    startup = _start_ray() if ray else 0.0
+    try:
+        app(["explain", *args], standalone_mode=False)
+    finally:
+        if ray:
+            _stop_ray()
+    return startup
+
+
+def run_engines(dataset: str, samples: int = 48, *, actors: int = 2, batch_size: int | None = None,
+                profiles_cache: str | Path | None = "benchmarks/cache/ml100k-bench-smollm2.parquet",
+                llm: str = "embedded", workdir: str | Path | None = None, run=None, verbose: bool = True) -> dict:
+    """Explanations/s of `explain --workers N` and of `explain --engine ray --workers N` (N = actors),
+    on the first `samples` test samples of `dataset`, in this run, each into its own fresh store.
+
+    Each store starts with only the item profiles of `profiles_cache` (None: `--no-profiles`), so
+    both modes generate the same explanations and nothing else. batch_size (samples per batch,
+    both modes) defaults to samples / actors: each worker's shard is one batch, and Ray gets one
+    batch per actor, so every model decodes equally many prompts at a time in both modes. The Ray
+    wall time includes starting Ray (also reported alone: `startup_s`); greedy decoding makes the
+    two stores' texts comparable (`identical_texts`). run: runs `explain` with the given arguments and
+    returns the seconds Ray took to start (tests pass a fake).
+    """
+    import os
+    import tempfile
+
+    from reasonrec.explain.store import ExplanationStore
+
+    run = run or _explain_in_process
+    batch_size = batch_size or max(1, -(-samples // actors))
+    common = ["--dataset", dataset, "--llm", llm, "--split", "test", "--max-samples", str(samples),
+              "--batch-size", str(batch_size), "--profiles" if profiles_cache else "--no-profiles"]
+    threads = max(1, (os.cpu_count() or 1) // actors)  # as `--workers` gives each shard
+    with tempfile.TemporaryDirectory(prefix="reasonrec-bench-engines-", dir=workdir) as tmp:
+        tmp = Path(tmp)
+        seed = _profiles_only(profiles_cache, tmp / "profiles.parquet") if profiles_cache else None
+        results: dict = {"dataset": dataset, "samples": samples, "actors": actors, "batch_size": batch_size,
+                         "threads_per_worker": threads, "llm": llm}
+        texts = {}
+        for mode in ("workers", "ray"):
+            store_path = tmp / f"{mode}.sqlite"
+            store = ExplanationStore(store_path)
+            if seed is not None:
+                store.import_parquet(seed)
+            summary = tmp / f"{mode}.json"
+            args = [*common, "--store", str(store_path), "--summary-json", str(summary), "--workers", str(actors)]
+            if mode == "ray":
+                args += ["--engine", "ray", "--threads", str(threads)]
+            t = time.perf_counter()
+            startup = run(args) or 0.0
+            seconds = time.perf_counter() - t
+            stages = [s for s in json.loads(summary.read_text()) if s["stage"] != "profiles"]
+            generated = sum(s["generated"] for s in stages)
+            texts[mode] = dict(store.frame("WHERE task != 'profile'")[["key", "text"]].itertuples(index=False))
+            r = {"explanations": generated, "seconds": round(seconds, 2),
+                 "expl_per_s": round(generated / seconds, 3) if seconds else 0.0,
+                 "new_tokens": sum(s["new_tokens"] for s in stages),
+                 "failed": sum(s["failed"] + s["errors"] for s in stages)}
+            if mode == "ray":
+                r["startup_s"] = round(startup, 2)
+                r["expl_per_s_after_startup"] = round(generated / (seconds - startup), 3) if seconds > startup else 0.0
+            results[f"workers{actors}" if mode == "workers" else "ray"] = r
+            if verbose:
+                print(f"{mode:8s} {generated:4d} expl  {seconds:8.1f} s  {r['expl_per_s']:6.2f} expl/s"
+                      + (f"  (Ray start-up {startup:.1f} s)" if mode == "ray" else ""), flush=True)
+    base = results[f"workers{actors}"]
+    results["ratio"] = round(results["ray"]["expl_per_s"] / base["expl_per_s"], 3) if base["expl_per_s"] else None
+    a, b = texts["workers"], texts["ray"]
+    results["identical_texts"] = {"same": sum(a.get(k) == v for k, v in b.items()), "workers_rows": len(a),
+                                  "ray_rows": len(b), "all": a == b}
+    if verbose:
+        print(json.dumps({k: results[k] for k in ("ratio", "identical_texts")}, indent=1))
+    return results
+
+
+def _start_ray() -> float:
+    """Start a local Ray whose workers import this reasonrec; seconds taken (0 if one is up)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    src = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    t = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    return time.perf_counter() - t
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
