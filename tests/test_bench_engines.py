@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 
 from reasonrec.bench.throughput import run_engines
 from reasonrec.data.prepare import PrepareConfig, load_prepared, prepare

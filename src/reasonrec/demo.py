@@ -18,9 +18,6 @@ from pathlib import Path
 ARTIFACTS = Path(os.environ.get("REASONREC_ARTIFACTS", "artifacts"))
 CACHE = Path(__file__).resolve().parents[2] / "benchmarks" / "cache" / "ml100k-bench-smollm2.parquet"
 DEMO_USERS = 150
-# 16-d embeddings for both networks: the validation choice of benchmarks/specs/zoo.yaml on this
-# slice (the paper's 8 often leaves the 8-unit MLP layer dead on 2,100 training samples).
-DEMO_EMBED_DIM = 16
 
 
 def _step(title: str):
@@ -62,9 +59,9 @@ def main() -> None:
     print(f"coverage {info['coverage']:.1%} of {len(table):,} samples")
 
     _step("3. train LR-Recsys and the same DNN without explanations (seed 0)")
-    rec = LRRecsys(text_columns=info["text_columns"], strip_prefixes=info["strip_prefixes"], embed_dim=DEMO_EMBED_DIM)
+    rec = LRRecsys(text_columns=info["text_columns"], strip_prefixes=info["strip_prefixes"])   # the defaults
     rec.fit(data, table, progress=True)
-    base = Recommender(model="lr-recsys", explanations="none", embed_dim=DEMO_EMBED_DIM).fit(data)
+    base = Recommender(model="lr-recsys", explanations="none").fit(data)
     rows = {"LR-Recsys (with explanations)": rec.evaluate(data, table),
             "same DNN, no explanations": base.evaluate(data)}
     print(pd.DataFrame(rows).T[["auc", "logloss"]].round(4).to_string())
