@@ -19,14 +19,19 @@ data_app = typer.Typer(help="Read raw datasets into the samples schema.", no_arg
 app.add_typer(data_app, name="data")
 
 
-def _parse_columns(pairs: list[str]) -> dict[str, str]:
-    out = {}
+def _split_pairs(pairs: list[str], shape: str, hint: str) -> list[tuple[str, str]]:
+    """Repeatable `A=B` options -> [(A, B)], stripped; a pair without '=' is a clear error."""
+    out = []
     for pair in pairs:
         if "=" not in pair:
-            raise typer.BadParameter(f"expected OURS=THEIRS, got {pair!r}", param_hint="--col")
-        ours, theirs = pair.split("=", 1)
-        out[ours.strip()] = theirs.strip()
+            raise typer.BadParameter(f"expected {shape}, got {pair!r}", param_hint=hint)
+        left, right = pair.split("=", 1)
+        out.append((left.strip(), right.strip()))
     return out
+
+
+def _parse_columns(pairs: list[str]) -> dict[str, str]:
+    return dict(_split_pairs(pairs, "OURS=THEIRS", "--col"))
 
 
 @data_app.command("prepare")
@@ -207,13 +212,7 @@ def _parse_sets(pairs: list[str]) -> dict:
     """--set KEY=VALUE (VALUE read as YAML: 3e-3, [64, 8], true); KEY may be train.lr or lr."""
     import yaml
 
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        key, value = (part.strip() for part in pair.split("=", 1))
-        out[key.removeprefix("train.")] = yaml.safe_load(value)
-    return out
+    return {key.removeprefix("train."): yaml.safe_load(value) for key, value in _split_pairs(pairs, "KEY=VALUE", "--set")}
 
 
 @app.command("train")

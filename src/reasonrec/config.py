@@ -77,7 +77,8 @@ TOP_KEYS = frozenset(RecommenderConfig.model_fields)
 NESTED = ("train", "extra", "encoder_options")   # merged key by key, so a layer adds to a preset's knobs
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base` (both in the config's shape); NESTED keys merge key by key."""
     out = dict(base)
     for key, value in over.items():
         both = key in NESTED and isinstance(out.get(key), dict) and isinstance(value, dict)
@@ -121,7 +122,7 @@ def resolve(overrides: dict | None = None, **kw) -> RecommenderConfig:
     model = given.get("model", RecommenderConfig.model_fields["model"].default)
     merged: dict = {}
     for layer in [*model_layers(model, given.get("preset")), given]:
-        merged = _merge(merged, nest(layer))
+        merged = merge(merged, nest(layer))
     return validate(merged)
 
 

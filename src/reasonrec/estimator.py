@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reasonrec.config import RecommenderConfig, nest, resolve, validate
+from reasonrec.config import RecommenderConfig, merge, nest, resolve, validate
 from reasonrec.data.prepare import Prepared
 from reasonrec.encode import get_encoder, load_encoder, save_encoder
 from reasonrec.errors import ReasonrecError
@@ -41,10 +41,7 @@ class Recommender:
             if {"model", "preset"} & set(overrides):
                 raise ReasonrecError("model and preset choose the defaults a config is resolved from: pass them to "
                                      "reasonrec.config.resolve(...), not on top of a resolved config")
-            raw = config.model_dump()
-            given = nest(overrides)
-            raw["train"].update(given.pop("train", {}))
-            cfg = validate({**raw, **given})
+            cfg = validate(merge(config.model_dump(), nest(overrides)))
         self.config = cfg
         self.featurizer: Featurizer | None = None
         self.encoder = None

@@ -31,6 +31,13 @@ def _clean(value) -> str:
     return str(value).replace("\t", " ").replace(" ", "_") if pd.notna(value) else ""
 
 
+def _write_atomic(path: Path, header: list[str], rows) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
 def export_recbole(data: Prepared, out_dir: Path, name: str = "reasonrec") -> Path:
     """Write `data`'s split as RecBole atomic files under `out_dir/name/`; returns that directory."""
     target = Path(out_dir) / name
@@ -40,24 +47,20 @@ def export_recbole(data: Prepared, out_dir: Path, name: str = "reasonrec") -> Pa
     header = ["user_id:token", "item_id:token", "label:float", *[f"{c}:token" for c in ctx]]
     for split in SPLITS:
         part = s[s["split"] == split]
-        with open(target / f"{name}.{split}.inter", "w", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(header)
-            for row in zip(part["user_id"], part["item_id"], part["label"].astype(float), *[part[c] for c in ctx]):
-                w.writerow([_clean(v) for v in row])
+        rows = zip(part["user_id"], part["item_id"], part["label"].astype(float), *[part[c] for c in ctx])
+        _write_atomic(target / f"{name}.{split}.inter", header, ([_clean(v) for v in row] for row in rows))
     ufeat = [c for c in data.users.columns if c.startswith("feat_")]
-    with open(target / f"{name}.user", "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(["user_id:token", *[f"{c.removeprefix('feat_')}:token" for c in ufeat]])
-        for row in data.users[["user_id", *ufeat]].itertuples(index=False):
-            w.writerow([_clean(v) for v in row])
+    _write_atomic(target / f"{name}.user", ["user_id:token", *[f"{c.removeprefix('feat_')}:token" for c in ufeat]],
+                  ([_clean(v) for v in row] for row in data.users[["user_id", *ufeat]].itertuples(index=False)))
     ifeat = [c for c in data.items.columns if c.startswith("feat_")]
-    with open(target / f"{name}.item", "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(["item_id:token", *[f"{c.removeprefix('feat_')}:token" for c in ifeat], "genre:token_seq"])
-        for row in data.items[["item_id", *ifeat, "categories"]].itertuples(index=False):
-            genres = " ".join(_clean(g.strip()) for g in str(row[-1] or "").split(",") if g.strip())
-            w.writerow([*[_clean(v) for v in row[:-1]], genres])
+
+    def item_row(row) -> list[str]:
+        genres = " ".join(_clean(g.strip()) for g in str(row[-1] or "").split(",") if g.strip())
+        return [*[_clean(v) for v in row[:-1]], genres]
+
+    _write_atomic(target / f"{name}.item",
+                  ["item_id:token", *[f"{c.removeprefix('feat_')}:token" for c in ifeat], "genre:token_seq"],
+                  (item_row(row) for row in data.items[["item_id", *ifeat, "categories"]].itertuples(index=False)))
     return target
 
 
