@@ -11,14 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.fakes import FakeLLM
-from tests.test_serve_support import FAKE_SPEC, Server, build_bundle, bundle_ids
+from tests.test_serve_support import FAKE_SPEC, Server, bundle_ids
 
 NAMES = {"pos", "neg", "user", "item", "seq", "context"}
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

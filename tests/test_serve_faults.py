@@ -22,13 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_serve_support import (FAKE_SPEC, ROOT, Server, build_bundle, bundle_ids, free_port, store_rows,
+from tests.test_serve_support import (FAKE_SPEC, ROOT, Server, bundle_ids, free_port, store_rows,
                                       subprocess_env)
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.getbasetemp())
 
 
 def _chattr(flag: str, paths):

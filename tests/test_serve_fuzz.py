@@ -18,14 +18,9 @@ from collections import Counter  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
-from tests.test_serve_support import FAKE_SPEC, Server, build_bundle  # noqa: E402
+from tests.test_serve_support import FAKE_SPEC, Server  # noqa: E402
 
 EXAMPLES = int(os.environ.get("REASONREC_FUZZ_EXAMPLES", "150"))     # raise it for a long run
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

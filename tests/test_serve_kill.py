@@ -14,19 +14,13 @@ from __future__ import annotations
 import os
 import sqlite3
 
-import pytest
 
-from tests.test_serve_support import FAKE_SPEC, Server, build_bundle, bundle_ids, store_rows
+from tests.test_serve_support import FAKE_SPEC, Server, bundle_ids, store_rows
 
 REAL_LLM = os.environ.get("REASONREC_SERVE_TEST_LLM")
 LLM = REAL_LLM or f"{FAKE_SPEC}?delay=0.15"
 TOP_N = 6
 DRAIN_TIMEOUT = 900 if REAL_LLM else 60
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.getbasetemp())
 
 
 def _jobs(state_path):

@@ -11,14 +11,9 @@ import time
 
 import pytest
 
-from tests.test_serve_support import Server, build_bundle, bundle_ids
+from tests.test_serve_support import Server, bundle_ids
 
 READ_TIMEOUT = 1.0
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

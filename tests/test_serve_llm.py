@@ -12,14 +12,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.test_serve_support import build_bundle, bundle_ids
+from tests.test_serve_support import bundle_ids
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.getbasetemp())
 
 
 def test_worker_with_a_real_llm(bundle, tmp_path):

@@ -13,16 +13,10 @@ import sqlite3
 import time
 
 import httpx
-import pytest
 
-from tests.test_serve_support import FAKE_SPEC, Server, build_bundle, bundle_ids
+from tests.test_serve_support import FAKE_SPEC, Server, bundle_ids
 
 TOP_N = 3
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.getbasetemp())
 
 
 def fresh(srv: Server) -> httpx.Client:
