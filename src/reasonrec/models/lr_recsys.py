@@ -62,7 +62,7 @@ class LRRecsysNet(nn.Module):
         super().__init__()
         d = cfg.embed_dim
         self.cfg = cfg
-        self.residual = bool(cfg.extra.get("residual", True))
+        self.residual = bool(cfg.extra.get("residual", DEFAULTS["extra"]["residual"]))
         self.fields = FieldTokens(cfg, d, history=False)          # user, item, ctx/side fields, [pos, neg]
         self.side_idx = self.fields.index("ctx_", "user_feat_", "item_feat_", "genres")
         self.expl_idx = self.fields.index("pos", "neg")
