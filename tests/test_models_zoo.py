@@ -9,7 +9,7 @@ import torch
 from reasonrec.data.prepare import PrepareConfig, prepare
 from reasonrec.data.readers import read
 from reasonrec.estimator import Recommender
-from reasonrec.models.base import MODELS, ModelConfig, build_model
+from reasonrec.models.base import MODELS, ExplanationInput, ModelConfig, build_model, standardise_explanations
 from reasonrec.train.features import Featurizer
 from tests.test_lr_recsys import synthetic_explanations
 
@@ -82,9 +82,40 @@ def test_overfits_a_batch(name, expl, featurizer, batch):
     assert losses[-1] < 0.05 * losses[0], f"{name}: {losses[0]:.4f} -> {losses[-1]:.4f}"
 
 
+def _open_gates(net):
+    for m in net.modules():
+        if isinstance(m, ExplanationInput) and m.mode == "text" and m.gated:
+            m.gate.data.fill_(1.0)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_a_closed_gate_makes_explanations_harmless_at_init(name, featurizer, batch):
+    """Gated fusion (the default) starts with the gate closed: the output is exactly the one of
+    the same weights with any other explanation, so untrained reasons cannot hurt."""
+    net = make(name, featurizer, expl=True).eval()
+    with torch.no_grad():
+        before = net(batch)
+        after = net({**batch, "expl_pos": 100 * torch.randn_like(batch["expl_pos"]),
+                     "expl_neg": -batch["expl_neg"]})
+    torch.testing.assert_close(before, after)
+
+
+def test_standardise_uses_the_training_codes(featurizer, batch):
+    net = make("deepfm", featurizer, expl=True)
+    codes = {"expl_pos": torch.randn(500, 8) * 3 + 5, "expl_neg": torch.randn(500, 8) * 0.5 - 2}
+    standardise_explanations(net, codes)
+    inputs = [m for m in net.modules() if isinstance(m, ExplanationInput)]
+    assert len(inputs) == 2                                     # DeepFM: its embeddings and its first-order weights
+    for m in inputs:
+        torch.testing.assert_close(m.mean[0], codes["expl_pos"].mean(0))
+        torch.testing.assert_close(m.std[1], codes["expl_neg"].std(0))
+    assert "fields.expl.mean" in net.state_dict()              # so the bundle keeps the statistics
+
+
 @pytest.mark.parametrize("name", ZOO)
 def test_explanations_change_the_output(name, featurizer, batch):
     net = make(name, featurizer, expl=True).eval()
+    _open_gates(net)
     with torch.no_grad():
         before = net(batch)
         after = net({**batch, "expl_pos": batch["expl_pos"] + torch.randn_like(batch["expl_pos"])})

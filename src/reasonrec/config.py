@@ -52,6 +52,8 @@ class RecommenderConfig(_Strict):
     encoder: str = "autoencoder"            # autoencoder | sentence | llm
     text_columns: tuple[str, ...] = ("positive", "negative")
     strip_prefixes: tuple[str, ...] = ()    # forced answer starts, removed before encoding
+    fusion: Literal["gated", "raw"] = "gated"   # gated: standardised codes behind a learned gate that starts closed; raw: the paper's
+    expl_dropout: float = 0.0               # drop the explanation tokens of a training sample with this probability
     embed_dim: int = 10
     init_std: float = 0.03                  # normal init of every embedding table
     side_features: bool = True              # the same inputs for every model compared

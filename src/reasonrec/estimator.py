@@ -22,7 +22,7 @@ from reasonrec.config import RecommenderConfig, merge, nest, resolve, validate
 from reasonrec.data.prepare import Prepared
 from reasonrec.encode import get_encoder, load_encoder, save_encoder
 from reasonrec.errors import ReasonrecError
-from reasonrec.models.base import ModelConfig, build_model
+from reasonrec.models.base import ModelConfig, build_model, standardise_explanations
 from reasonrec.train.features import Featurizer, FeatureSpec, TensorData
 from reasonrec.train.trainer import FitResult, evaluate, fit, predict, seed_everything
 
@@ -110,6 +110,8 @@ class Recommender:
         valid_t = self._tensors(valid, data.items, data.users, explanations)
         seed_everything(cfg.train.seed, cfg.train.threads)  # weights are initialised here: seed first
         self.model = self._build()
+        if self.uses_text:
+            standardise_explanations(self.model, train_t.tensors)
         self.fit_result = fit(self.model, train_t, valid_t, cfg.train.model_copy(update={"progress": progress}),
                               cfg.task, scale)
         self._remember(data, explanations)
@@ -121,6 +123,7 @@ class Recommender:
                            expl_dim=self.encoder.dim if self.uses_text else 0,
                            expl_mode="free" if cfg.explanations == "free" else "text",
                            expl_slots=len(cfg.text_columns) if cfg.explanations != "none" else 0,
+                           fusion=cfg.fusion, expl_dropout=cfg.expl_dropout,
                            side_features=cfg.side_features, pooled_history=cfg.pooled_history,
                            init_std=cfg.init_std, mlp=tuple(cfg.mlp), dropout=cfg.dropout,
                            extra=dict(cfg.extra))

@@ -31,6 +31,8 @@ class ModelConfig:
     expl_dim: int = 0                                  # width of incoming explanation vectors; 0 = none
     expl_mode: str = "text"                            # text | free (Ablation 1: learnable vectors instead)
     expl_slots: int = 2                                # 2 = positive + negative; 1 = one text (variants)
+    fusion: str = _DEFAULT.fusion                      # gated | raw (see ExplanationInput)
+    expl_dropout: float = _DEFAULT.expl_dropout
     side_features: bool = _DEFAULT.side_features       # use user/item side fields where the model can
     pooled_history: bool = _DEFAULT.pooled_history     # FieldTokens' mean-of-history field
     init_std: float = _DEFAULT.init_std
@@ -50,27 +52,68 @@ class ExplanationInput(nn.Module):
     """Explanation embeddings -> `slots` d-wide vectors (B, slots, d); slot 0 reads `expl_pos`,
     slot 1 `expl_neg`.
 
-    mode "text": a linear projection of the given vectors (identity-initialised when widths match,
-    so the paper's 8-d autoencoder codes enter unchanged at the start).
+    mode "text", fusion "gated" (the default): each code is standardised with the training split's
+    per-dimension mean and std (buffers, so the bundle keeps them; set by `standardise`), projected,
+    and scaled by a learned per-slot gate that starts at 0. An explanation therefore enters as a
+    zero token at the start, and stays near zero unless training finds it useful: raw codes
+    (std 1-4, beside embeddings of std 0.03) would otherwise dominate FM and cross terms from step 1.
+    `dropout` zeroes a training sample's explanation tokens with that probability.
+    mode "text", fusion "raw": the paper's path, a linear projection of the codes as they are
+    (identity-initialised when widths match, so the 8-d autoencoder codes enter unchanged).
     mode "free": LR-Recsys Ablation 1 — the same number of free learnable parameters, no text.
     """
 
-    def __init__(self, in_dim: int, d: int, mode: str = "text", slots: int = 2):
+    def __init__(self, in_dim: int, d: int, mode: str = "text", slots: int = 2, fusion: str = "gated",
+                 dropout: float = 0.0):
         super().__init__()
-        self.mode, self.slots = mode, slots
+        if fusion not in ("gated", "raw"):
+            raise ValueError(f"unknown explanation fusion '{fusion}'; choose gated or raw")
+        self.mode, self.slots, self.gated, self.dropout = mode, slots, fusion == "gated", dropout
         if mode == "free":
             self.free = nn.Parameter(torch.randn(slots, d) * 0.1)
-        else:
-            self.proj = nn.ModuleList(nn.Linear(in_dim, d) for _ in range(slots))
-            if in_dim == d:
-                for lin in self.proj:
-                    nn.init.eye_(lin.weight)
-                    nn.init.zeros_(lin.bias)
+            return
+        self.proj = nn.ModuleList(nn.Linear(in_dim, d) for _ in range(slots))
+        if self.gated:
+            self.register_buffer("mean", torch.zeros(slots, in_dim))
+            self.register_buffer("std", torch.ones(slots, in_dim))
+            self.gate = nn.Parameter(torch.zeros(slots))
+            for lin in self.proj:
+                nn.init.xavier_normal_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        elif in_dim == d:
+            for lin in self.proj:
+                nn.init.eye_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    @torch.no_grad()
+    def standardise(self, vectors: dict) -> None:
+        """Set the standardisation from the training split's codes ({"expl_pos": (N, in_dim), ...})."""
+        if self.mode == "free" or not self.gated:
+            return
+        for s, key in enumerate(EXPL_KEYS[:self.slots]):
+            v = torch.as_tensor(vectors[key], dtype=torch.float32)
+            self.mean[s] = v.mean(0)
+            self.std[s] = v.std(0).clamp(min=1e-6)
 
     def forward(self, batch: dict, batch_size: int) -> torch.Tensor:
         if self.mode == "free":
             return self.free.unsqueeze(0).expand(batch_size, -1, -1)
-        return torch.stack([lin(batch[key]) for lin, key in zip(self.proj, EXPL_KEYS)], dim=1)
+        if not self.gated:
+            return torch.stack([lin(batch[key]) for lin, key in zip(self.proj, EXPL_KEYS)], dim=1)
+        codes = [(batch[key] - self.mean[s]) / self.std[s] for s, key in enumerate(EXPL_KEYS[:self.slots])]
+        x = torch.stack([lin(c) for lin, c in zip(self.proj, codes)], dim=1)   # (B, slots, d)
+        x = x * self.gate.view(1, -1, 1)                                        # closed gate: zero tokens
+        if self.training and self.dropout:
+            keep = (torch.rand(x.shape[0], 1, 1, device=x.device) >= self.dropout).to(x.dtype)
+            x = x * keep                                                        # (B, slots, d)
+        return x
+
+
+def standardise_explanations(model: nn.Module, vectors: dict) -> None:
+    """Give every explanation input of `model` the training split's code statistics."""
+    for m in model.modules():
+        if isinstance(m, ExplanationInput):
+            m.standardise(vectors)
 
 
 class SideFields(nn.Module):

@@ -35,7 +35,8 @@ class FieldTokens(nn.Module):
         self.user = nn.Embedding(cfg.n_users, d)
         self.item = nn.Embedding(cfg.n_items, d, padding_idx=0)
         self.side = SideFields(cfg, d, include_ctx=True)
-        self.expl = ExplanationInput(cfg.expl_dim, d, cfg.expl_mode, cfg.expl_slots) if cfg.uses_explanations else None
+        self.expl = ExplanationInput(cfg.expl_dim, d, cfg.expl_mode, cfg.expl_slots, cfg.fusion, cfg.expl_dropout) \
+            if cfg.uses_explanations else None
         self.pool_history = history and cfg.pooled_history
         side_names = [f"ctx_{i}" for i in range(len(cfg.ctx))]
         if cfg.side_features:

@@ -34,7 +34,7 @@ from reasonrec.models.fields import FieldTokens
 # per-model defaults over `reasonrec.config`'s (the robust setting), and the paper's exact one
 DEFAULTS = {"mlp": (64, 8), "extra": {"residual": True}}
 PRESETS = {
-    "faithful": {"embed_dim": 8, "mlp": (64, 8), "dropout": 0.0, "side_features": False,
+    "faithful": {"embed_dim": 8, "mlp": (64, 8), "dropout": 0.0, "side_features": False, "fusion": "raw",
                  "extra": {"residual": False},
                  "train": {"lr": 0.01, "batch_size": 128, "weight_decay": 0.0, "embed_reg": 0.0}},
 }
