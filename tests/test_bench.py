@@ -18,7 +18,9 @@ import yaml
 from reasonrec.bench import stats
 from reasonrec.bench.insights import item_keywords, top_items
 from reasonrec.bench.report import build_report
-from reasonrec.bench.runner import BenchRunner, MissingExplanations, apply_train_fraction, choose_point
+from reasonrec.bench.plan import apply_train_fraction, choose_point
+from reasonrec.bench.run import BenchRunner
+from reasonrec.bench.texts import MissingExplanations
 from reasonrec.data.prepare import user_subset
 from reasonrec.bench.spec import load_spec
 from reasonrec.errors import ReasonrecError

@@ -479,7 +479,7 @@ def bench_run(
 ):
     """Run a spec's experiments x tasks x seeds; finished runs are cached and skipped."""
     from reasonrec.bench.report import build_report
-    from reasonrec.bench.runner import BenchRunner
+    from reasonrec.bench.run import BenchRunner
     from reasonrec.bench.spec import load_spec
 
     s = load_spec(spec, {"results": str(results)} if results else None)
@@ -550,7 +550,7 @@ def bench_plan(spec: Path = typer.Argument(..., help="a spec file"),
                seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, overriding the spec's")):
     """Runs to do (tuning runs included), explanation coverage per experiment and the `reasonrec
     explain` commands for what is missing."""
-    from reasonrec.bench.runner import BenchRunner
+    from reasonrec.bench.run import BenchRunner
     from reasonrec.bench.spec import load_spec
 
     runner = BenchRunner(load_spec(spec), echo=typer.echo)

@@ -31,7 +31,9 @@ users of a seeded hash ranking, so every experiment naming the same N gets the s
 preset [null; a named preset of the model], side_features, train {TrainConfig overrides}, embed_dim,
 mlp, dropout, extra, encoder_options [all: reasonrec.config's defaults for the model, so every row
 gets the same inputs unless it says otherwise], seeds [spec.seeds], compare_to [the `ours`
-experiment of the same user slice], tune [spec.tune for trained experiments; null turns it off].
+experiment of the same user slice], tune [spec.tune for trained experiments; null turns it off],
+control [null; `shuffled` or `oracle` with q: diagnostic text rows, see bench/controls.py].
+`claims:` lists the claims the report tests, as data (bench/claims.py has the schema).
 The resolved config (library defaults included) enters each run's hash, so a change of defaults
 reruns what it affects.
 
@@ -77,8 +79,10 @@ TAGS = {
     "ncf_backbone": "Table 6: Robustness 1, NCF with explanations",
     "with_explanations": "a zoo model reading explanations (the with vs without explanations table)",
     "no_explanations": "LR-Recsys without explanations (the with vs without explanations table)",
+    "control": "a diagnostic control row (shuffled or oracle texts): the informativeness figure only",
     "other": "listed in the appendix table only",
 }
+CONTROLS = ("shuffled", "oracle")
 # display-only keys: changing them never reruns anything
 DISPLAY_KEYS = ("label", "tag", "compare_to")
 # experiment keys that are config overrides (reasonrec.config), passed on only when set
@@ -116,6 +120,8 @@ class Experiment:
     seeds: list = field(default_factory=list)
     compare_to: str = ""
     tune: object = None             # {option: [values]} or None (not tuned)
+    control: object = None          # None | "shuffled" | "oracle" (see bench/controls.py)
+    q: object = None                # oracle: the share of samples whose texts state the true label
     subslice_seed: int = 0          # from the spec's `subslice.seed`; not set per experiment
 
     @property
@@ -171,6 +177,12 @@ class Experiment:
                 out.pop(k, None)
         if self.train_fraction >= 1.0:
             out.pop("fraction_seed", None)
+        for key in ("control", "q"):      # absent unless set, so rows without controls keep their hashes
+            if out.get(key) is None:
+                out.pop(key, None)
+        if self.control == "oracle":      # no generator is read: its settings must not rerun anything
+            for key in ("llm", "variant", "profiles"):
+                out.pop(key, None)
         return out
 
 
@@ -198,6 +210,7 @@ class Spec:
     results_root: Path = Path("benchmarks/results")
     report_root: Path = Path("benchmarks")
     experiments: list = field(default_factory=list)
+    claims: list = field(default_factory=list)          # expanded claim entries (bench/claims.py)
 
     def experiment(self, exp_id: str) -> Experiment:
         for e in self.experiments:
@@ -228,13 +241,16 @@ class Spec:
                                  "tasks": e.tasks, "explanations": e.explanations, "encoder": e.encoder,
                                  "variant": e.variant, "profiles": e.profiles, "llm": e.llm,
                                  "train_fraction": e.train_fraction, "users": e.users, "slice": e.slice_name,
-                                 "compare_to": e.compare_to, "seeds": e.seeds, "tune": e.tune}
-                                for e in self.experiments]}
+                                 "compare_to": e.compare_to, "seeds": e.seeds, "tune": e.tune,
+                                 "control": e.control, "q": e.q}
+                                for e in self.experiments],
+                "claims": self.claims}
 
 
 _TOP_KEYS = {"name", "version", "description", "dataset", "store", "cache", "llm", "llm_names", "model_ids",
              "seeds", "tasks",
-             "subslice", "max_missing", "train", "tune", "tune_seeds", "results", "report", "experiments", "defaults"}
+             "subslice", "max_missing", "train", "tune", "tune_seeds", "results", "report", "experiments", "defaults",
+             "claims"}
 _EXP_KEYS = {f.name for f in fields(Experiment)} - {"subslice_seed"}
 
 
@@ -305,6 +321,9 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     for exp in spec.experiments:
         if exp.compare_to and exp.compare_to not in seen:
             _fail(where, f"experiment '{exp.id}': compare_to '{exp.compare_to}' is not an experiment id")
+    from reasonrec.bench.claims import parse_claims
+
+    spec.claims = parse_claims(raw.get("claims") or [], seen, where)
     return spec
 
 
@@ -416,6 +435,7 @@ def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
     _check_train(exp.train, where)
     exp.train = {**spec.train, **exp.train}
     exp.seeds = [int(s) for s in (exp.seeds or [])]
+    _check_control(exp, where)
     exp.tune = _check_tune(exp.tune, where)
     if exp.tune and exp.kind != "train":
         _fail(where, "tune: only trained experiments have hyper-parameters to tune")
@@ -425,6 +445,26 @@ def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
         except ReasonrecError as err:
             _fail(where, str(err))
     return exp
+
+
+def _check_control(exp: Experiment, where: str):
+    if exp.control is None:
+        if exp.q is not None:
+            _fail(where, "q: only an oracle control (`control: oracle`) has a q")
+        return
+    if exp.control not in CONTROLS:
+        _fail(where, f"control '{exp.control}': choose one of {list(CONTROLS)}")
+    if exp.kind != "train" or exp.explanations != "text":
+        _fail(where, "control: only trained experiments that read text explanations have controls")
+    if exp.control == "oracle":
+        try:
+            exp.q = float(exp.q)
+        except (TypeError, ValueError):
+            _fail(where, f"control: oracle needs q, the share of truthful texts (got {exp.q!r})")
+        if not 0.0 <= exp.q <= 1.0:
+            _fail(where, f"q {exp.q} must be in [0, 1]")
+    elif exp.q is not None:
+        _fail(where, "q: only an oracle control has a q")
 
 
 def run_hash(resolved: dict, task: str, seed: int, spec_version: int, dataset_fp: str,
