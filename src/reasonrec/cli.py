@@ -478,7 +478,7 @@ def bench_run(
     progress: bool = typer.Option(False, help="progress bars inside each fit"),
 ):
     """Run a spec's experiments x tasks x seeds; finished runs are cached and skipped."""
-    from reasonrec.bench.report import build_report
+    from reasonrec.bench.render import build_report
     from reasonrec.bench.run import BenchRunner
     from reasonrec.bench.spec import load_spec
 
@@ -486,7 +486,7 @@ def bench_run(
     counts = BenchRunner(s, strict=strict, progress=progress, encoder_cache=encoder_cache).run(only or None,
                                                                                               _parse_seeds(seeds))
     if report and counts["rows"]:
-        typer.echo(f"report: {build_report(s.results_dir, s.report_dir)}")
+        typer.echo(f"report: {build_report(s.results_dir, s.report_dir, s.claims)}")
     if counts["failed"]:
         raise typer.Exit(1)
 
@@ -529,19 +529,20 @@ def bench_report(
     out: Path = typer.Option(Path("benchmarks"), help="reports go to OUT/<spec>/REPORT.md (+ figures/)"),
 ):
     """Regenerate benchmarks/<spec>/REPORT.md and its figures from the results alone (no training)."""
-    from reasonrec.bench.report import build_report
+    from reasonrec.bench.render import build_report
 
     if spec and spec.endswith((".yaml", ".yml")):
         from reasonrec.bench.spec import load_spec
 
         s = load_spec(spec)
-        names, results, out = [s.name], s.results_root, s.report_root
+        names, results, out, claims = [s.name], s.results_root, s.report_root, s.claims
     else:
         names = [spec] if spec else sorted(p.parent.name for p in results.glob("*/results.csv"))
+        claims = None          # the claims in each spec.json
     if not names:
         raise ReasonrecError(f"no results under {results}; run `reasonrec bench run SPEC.yaml` first")
     for name in names:
-        typer.echo(f"wrote {build_report(results / name, out / name)}")
+        typer.echo(f"wrote {build_report(results / name, out / name, claims)}")
 
 
 @bench_app.command("plan")
