@@ -79,7 +79,7 @@ def test_not_worse_same_and_max_drop(results):
 
 def test_rises_reads_the_slope_over_rows(results):
     ids = set(results.meta)
-    up = {"text": "t", "direction": "rises", "b": "none", "a": "none",
+    up = {"text": "t", "direction": "rises", "b": "none",
           "rows": [{"id": "q6", "x": 0.6}, {"id": "q8", "x": 0.8}, {"id": "q9", "x": 0.9}]}
     verdict, evidence = evaluate(_one(up, ids), results)
     assert verdict == "holds" and "slope +" in evidence

@@ -107,7 +107,8 @@ def _check(c: dict, ids: set, where: str) -> dict:
     bad = [m for m in c["metrics"] if m not in stats.METRICS]
     if bad:
         raise ReasonrecError(f"{where}: unknown metric(s) {bad}; choose from {sorted(stats.METRICS)}")
-    need_id(c.get("a"), "a")
+    if c["direction"] != "rises":          # a rises claim's rows play a's part
+        need_id(c.get("a"), "a")
     if c["direction"] in ("better", "not_worse", "same", "rises", "harder_gain_more"):
         need_id(c.get("b"), "b")
     if c["direction"] == "rises":
