@@ -116,6 +116,7 @@ def test_smoke_spec_runs_every_experiment(bench):
     assert oracle["control"] == "oracle" and oracle["q"] == 0.9 and oracle["model_id"] == "oracle"
     assert oracle["probe_auc"] > 0.85 and abs(shuffled["probe_auc"] - 0.5) < 0.1
     assert shuffled["control"] == "shuffled" and shuffled["model_id"] == "fake:embedded"
+    assert bool(shuffled["encoder_cached"])      # the real texts' encoder: a permutation keeps each split's texts
     assert oracle["test_auc"] > table.set_index(["id", "task"])["test_auc"]["lr-recsys-none", "classification"] + 0.1
     sub = table[table["id"] == "lr-recsys-sub"].iloc[0]
     assert sub["slice"] == "u30" and sub["n_users"] == 30 and sub["n_test"] < n_test

@@ -67,7 +67,9 @@ class Results:
                                           "users": None if pd.isna(g["users"].iloc[0]) else int(g["users"].iloc[0]),
                                           "train_fraction": float(g["train_fraction"].iloc[0]),
                                           "compare_to": g["compare_to"].iloc[0] if "compare_to" in g else None,
-                                          "model": g["model"].iloc[0], "explanations": g["explanations"].iloc[0]})
+                                          "model": g["model"].iloc[0], "explanations": g["explanations"].iloc[0],
+                                          **{k: g[k].iloc[0] if pd.notna(g[k].iloc[0]) else None
+                                             for k in ("control", "q") if k in g}})
         self.grid = pd.read_csv(self.dir / "grid.csv") if (self.dir / "grid.csv").is_file() else None
         self._preds: dict = {}
         scale = (self.spec.get("card") or {}).get("rating_scale") or [1.0, 5.0]

@@ -176,7 +176,7 @@ class BenchRunner(TextSource, Planner, Encoders, Collector):
         rec = Recommender(cfg)
         encoder, enc_seconds, enc_cached = None, 0.0, False
         if rec.uses_text:
-            encoder, enc_seconds, enc_cached = self._encoder(rec, data, table)
+            encoder, enc_seconds, enc_cached = self._encoder(rec, data, expl.info.get("encoder_table", table))
         started = time.perf_counter()
         probe = self._probe(run, rec, data, expl, encoder) if rec.uses_text else None
         rec.fit(data, table, progress=self.progress, encoder=encoder)

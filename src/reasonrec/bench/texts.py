@@ -153,8 +153,11 @@ class TextSource:
         if exp.control != "shuffled":
             return Explanations(found.table, {**found.info, "probe_table": found.table})
         samples, cols = self.slice(exp.users).samples, found.info["text_columns"]
+        # a permutation within each split leaves each split's texts the same multiset, so the encoder
+        # fitted on the real texts serves every seed (one fit and its cache instead of one per seed)
         return Explanations(controls.shuffled_texts(found.table, samples, seed, cols),
-                            {**found.info, "probe_table": controls.shuffled_texts(found.table, samples, 0, cols)})
+                            {**found.info, "probe_table": controls.shuffled_texts(found.table, samples, 0, cols),
+                             "encoder_table": found.table})
 
     def _lookup(self, exp: Experiment) -> Explanations:
         from reasonrec.explain.generate import ExplainConfig, Explainer
