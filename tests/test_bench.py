@@ -17,8 +17,10 @@ import yaml
 
 from reasonrec.bench import stats
 from reasonrec.bench.insights import item_keywords, top_items
-from reasonrec.bench.report import build_report
-from reasonrec.bench.runner import BenchRunner, MissingExplanations, apply_train_fraction, choose_point
+from reasonrec.bench.render import build_report
+from reasonrec.bench.plan import apply_train_fraction, choose_point
+from reasonrec.bench.run import BenchRunner
+from reasonrec.bench.texts import MissingExplanations
 from reasonrec.data.prepare import user_subset
 from reasonrec.bench.spec import load_spec
 from reasonrec.errors import ReasonrecError
@@ -51,6 +53,11 @@ def _spec(tmp: Path, **overrides):
                         "prepare": {"dataset": "ml-100k", "max_users": 60, "last_n_per_user": 20}},
             "store": str(tmp / "store.sqlite"), "results": str(tmp / "results"), "report": str(tmp / "reports")}
     base.update(overrides)
+    if "experiments" in overrides and "claims" not in overrides:
+        # the smoke claims name the smoke experiments: a spec without some of them has none
+        smoke_ids = {e["id"] for e in yaml.safe_load(SMOKE.read_text())["experiments"]}
+        if not smoke_ids <= {e["id"] for e in overrides["experiments"]}:
+            base["claims"] = []
     return load_spec(SMOKE, base)
 
 
@@ -83,7 +90,7 @@ def test_smoke_spec_runs_every_experiment(bench):
     spec, counts = bench["spec"], bench["counts"]
     assert counts["failed"] == 0 and counts["skipped"] == 0, bench["log"]
     table = pd.read_csv(spec.results_dir / "results.csv")
-    assert len(table) == 12 == counts["ran"]             # 6 experiments x 2 tasks x 1 seed
+    assert len(table) == 15 == counts["ran"]             # 6 experiments x 2 tasks + 3 classification-only
     assert set(table["id"]) == {e.id for e in spec.experiments}
     cls = table[table["task"] == "classification"]
     reg = table[table["task"] == "regression"]
@@ -98,6 +105,19 @@ def test_smoke_spec_runs_every_experiment(bench):
     assert np.allclose(z["attention"].sum(1), 1, atol=1e-4)
     assert list(z["attention_names"]) == ["pos", "neg", "user", "item", "seq", "context"]
     assert "attention" not in np.load(spec.results_dir / table[table["id"] == "ncf"]["predictions"].iloc[0])
+    # the probe: recorded for text readers only, the same for both tasks (it ignores the run)
+    probe = table.set_index(["id", "task"])["probe_auc"]
+    assert probe["lr-recsys", "classification"] == probe["lr-recsys", "regression"]
+    assert np.isnan(probe["ncf", "classification"]) and np.isnan(probe["lr-recsys-none", "classification"])
+    assert np.isnan(probe["llm-direct-sub", "classification"])
+    # controls: oracle texts (q=0.9) carry the label, shuffled ones do not
+    oracle = table[table["id"] == "lr-recsys-oracle-q90"].iloc[0]
+    shuffled = table[table["id"] == "lr-recsys-shuffled"].iloc[0]
+    assert oracle["control"] == "oracle" and oracle["q"] == 0.9 and oracle["model_id"] == "oracle"
+    assert oracle["probe_auc"] > 0.85 and abs(shuffled["probe_auc"] - 0.5) < 0.1
+    assert shuffled["control"] == "shuffled" and shuffled["model_id"] == "fake:embedded"
+    assert bool(shuffled["encoder_cached"])      # the real texts' encoder: a permutation keeps each split's texts
+    assert oracle["test_auc"] > table.set_index(["id", "task"])["test_auc"]["lr-recsys-none", "classification"] + 0.1
     sub = table[table["id"] == "lr-recsys-sub"].iloc[0]
     assert sub["slice"] == "u30" and sub["n_users"] == 30 and sub["n_test"] < n_test
     direct = table[table["id"] == "llm-direct-sub"]
@@ -116,7 +136,7 @@ def test_second_run_is_fully_cached(bench, monkeypatch):
 
     monkeypatch.setattr(Recommender, "fit", no_training)
     counts = _runner(bench["spec"], bench["tmp"]).run()
-    assert counts["ran"] == 0 and counts["cached"] == 12 and counts["failed"] == 0
+    assert counts["ran"] == 0 and counts["cached"] == 15 and counts["failed"] == 0
 
 
 def test_changing_one_experiment_reruns_only_it(bench):
@@ -128,9 +148,9 @@ def test_changing_one_experiment_reruns_only_it(bench):
     spec = _spec(bench["tmp"], experiments=experiments)
     before = pd.read_csv(spec0.results_dir / "results.csv")
     counts = _runner(spec, bench["tmp"]).run()
-    assert counts["ran"] == 2 and counts["cached"] == 10
+    assert counts["ran"] == 2 and counts["cached"] == 13
     after = pd.read_csv(spec.results_dir / "results.csv")
-    assert len(after) == 12
+    assert len(after) == 15
     changed = set(after["hash"]) - set(before["hash"])
     assert set(after[after["hash"].isin(changed)]["id"]) == {"ncf"}
     assert len(list((spec.results_dir / "runs" / "ncf").glob("*.json"))) == 2   # superseded runs removed
@@ -162,16 +182,25 @@ def test_report_regenerates_from_results(bench):
     report = build_report(spec.results_dir, spec.report_dir)
     text = report.read_text()
     for section in ("## Claims", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## Table 6",
-                    "## Figure 6", "## Figures 7 and 10", "## Section 5.5.3", "## Slices", "## Appendix"):
+                    "## Figure 6", "## Figures 7 and 10", "## Section 5.5.3", "## Slices", "## Appendix",
+                    "## Informativeness"):
         assert section in text, section
     assert "% Improved" in text and "DeLong" in text and "seeds: 1 (0)" in text
     figs = {p.name for p in (spec.report_dir / "figures").glob("*.png")}
     assert figs == {"figure6_regression.png", "figure6_classification.png", "figure7_attention.png",
-                    "figure10_attention_shares.png"}
+                    "figure10_attention_shares.png", "informativeness.png"}
     claims = text.split("## Claims")[1].split("\n## ")[0]
-    verdicts = re.findall(r"\*\*(holds|does not hold|inconclusive)\*\*", claims)
-    assert len(verdicts) >= 10
+    verdicts = re.findall(r"\| \*\*(holds|does not hold|inconclusive)\*\* \|", claims)
+    assert len(verdicts) == len(spec.claims) == 13       # one row per (expanded) claim entry of the spec
     assert "Explanations beat free learnable vectors" in claims and "direct rating prediction" in claims
+    assert "LR-Recsys beats the best baseline on AUC (Table 2)" in claims           # for_each filled in
+    oracle = next(line for line in claims.splitlines() if "Oracle explanations" in line)
+    assert "**holds**" in oracle and "gain +" in oracle
+    attention = next(line for line in claims.splitlines() if "uniform share" in line)
+    assert "uniform 2/6" in attention and "**inconclusive**" in attention     # one seed: no t over seeds
+    assert "Welch" in next(line for line in claims.splitlines() if "Fig. 7b" in line)
+    info = text.split("## Informativeness")[1].split("\n## ")[0]
+    assert "oracle q=0.9" in info and "shuffled" in info and "generated" in info
     assert "not run" in text or "Not in the table yet" in text or "aspects" not in text
     # the CLI wraps the same function
     from typer.testing import CliRunner
@@ -419,7 +448,7 @@ def test_plan_counts_tuning_runs(tuned, bench, tmp_path):
     raw = yaml.safe_load(SMOKE.read_text())
     spec = tuned["spec"]
     raw.update({"name": "tune", "seeds": [0, 1, 2], "tune_seeds": 2, "tasks": ["classification"], "tune": TUNE,
-                "experiments": TUNED,
+                "experiments": TUNED, "claims": [],
                 "dataset": {"dir": str(spec.dataset_dir)}, "store": str(spec.store),
                 "model_ids": {"embedded": "fake:embedded"}})     # no backend is built for the store key
     f = tmp_path / "tune.yaml"

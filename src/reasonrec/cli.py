@@ -478,15 +478,15 @@ def bench_run(
     progress: bool = typer.Option(False, help="progress bars inside each fit"),
 ):
     """Run a spec's experiments x tasks x seeds; finished runs are cached and skipped."""
-    from reasonrec.bench.report import build_report
-    from reasonrec.bench.runner import BenchRunner
+    from reasonrec.bench.render import build_report
+    from reasonrec.bench.run import BenchRunner
     from reasonrec.bench.spec import load_spec
 
     s = load_spec(spec, {"results": str(results)} if results else None)
     counts = BenchRunner(s, strict=strict, progress=progress, encoder_cache=encoder_cache).run(only or None,
                                                                                               _parse_seeds(seeds))
     if report and counts["rows"]:
-        typer.echo(f"report: {build_report(s.results_dir, s.report_dir)}")
+        typer.echo(f"report: {build_report(s.results_dir, s.report_dir, s.claims)}")
     if counts["failed"]:
         raise typer.Exit(1)
 
@@ -529,19 +529,20 @@ def bench_report(
     out: Path = typer.Option(Path("benchmarks"), help="reports go to OUT/<spec>/REPORT.md (+ figures/)"),
 ):
     """Regenerate benchmarks/<spec>/REPORT.md and its figures from the results alone (no training)."""
-    from reasonrec.bench.report import build_report
+    from reasonrec.bench.render import build_report
 
     if spec and spec.endswith((".yaml", ".yml")):
         from reasonrec.bench.spec import load_spec
 
         s = load_spec(spec)
-        names, results, out = [s.name], s.results_root, s.report_root
+        names, results, out, claims = [s.name], s.results_root, s.report_root, s.claims
     else:
         names = [spec] if spec else sorted(p.parent.name for p in results.glob("*/results.csv"))
+        claims = None          # the claims in each spec.json
     if not names:
         raise ReasonrecError(f"no results under {results}; run `reasonrec bench run SPEC.yaml` first")
     for name in names:
-        typer.echo(f"wrote {build_report(results / name, out / name)}")
+        typer.echo(f"wrote {build_report(results / name, out / name, claims)}")
 
 
 @bench_app.command("plan")
@@ -550,7 +551,7 @@ def bench_plan(spec: Path = typer.Argument(..., help="a spec file"),
                seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, overriding the spec's")):
     """Runs to do (tuning runs included), explanation coverage per experiment and the `reasonrec
     explain` commands for what is missing."""
-    from reasonrec.bench.runner import BenchRunner
+    from reasonrec.bench.run import BenchRunner
     from reasonrec.bench.spec import load_spec
 
     runner = BenchRunner(load_spec(spec), echo=typer.echo)

@@ -31,7 +31,9 @@ users of a seeded hash ranking, so every experiment naming the same N gets the s
 preset [null; a named preset of the model], side_features, train {TrainConfig overrides}, embed_dim,
 mlp, dropout, extra, encoder_options [all: reasonrec.config's defaults for the model, so every row
 gets the same inputs unless it says otherwise], seeds [spec.seeds], compare_to [the `ours`
-experiment of the same user slice], tune [spec.tune for trained experiments; null turns it off].
+experiment of the same user slice], tune [spec.tune for trained experiments; null turns it off],
+control [null; `shuffled` or `oracle` with q: diagnostic text rows, see bench/controls.py].
+`claims:` lists the claims the report tests, as data (bench/claims.py has the schema).
 The resolved config (library defaults included) enters each run's hash, so a change of defaults
 reruns what it affects.
 
@@ -55,10 +57,11 @@ from pathlib import Path
 
 import yaml
 
+from reasonrec.bench.checks import (CONTROLS, TASKS, TUNABLE, _check_control, _check_tasks, _check_train,  # noqa: F401
+                                    _check_tune, _fail)
 from reasonrec.errors import ReasonrecError
 from reasonrec.explain import MAX_MISSING
 
-TASKS = ("classification", "regression")
 KINDS = ("train", "llm_direct")
 # tag -> where the row goes in the report (and which claim reads it)
 TAGS = {
@@ -77,16 +80,13 @@ TAGS = {
     "ncf_backbone": "Table 6: Robustness 1, NCF with explanations",
     "with_explanations": "a zoo model reading explanations (the with vs without explanations table)",
     "no_explanations": "LR-Recsys without explanations (the with vs without explanations table)",
+    "control": "a diagnostic control row (shuffled or oracle texts): the informativeness figure only",
     "other": "listed in the appendix table only",
 }
 # display-only keys: changing them never reruns anything
 DISPLAY_KEYS = ("label", "tag", "compare_to")
 # experiment keys that are config overrides (reasonrec.config), passed on only when set
 CONFIG_KEYS = ("preset", "side_features", "embed_dim", "mlp", "dropout", "extra", "encoder_options")
-# what a tune grid may vary -> the type its values are read as (TrainConfig options the harness
-# sets itself, or that do not change the numbers, are left out)
-TUNABLE = {"embed_dim": int, "dropout": float, "lr": float, "weight_decay": float, "embed_reg": float,
-           "batch_size": int, "epochs": int, "patience": int}
 
 
 @dataclass
@@ -116,6 +116,8 @@ class Experiment:
     seeds: list = field(default_factory=list)
     compare_to: str = ""
     tune: object = None             # {option: [values]} or None (not tuned)
+    control: object = None          # None | "shuffled" | "oracle" (see bench/controls.py)
+    q: object = None                # oracle: the share of samples whose texts state the true label
     subslice_seed: int = 0          # from the spec's `subslice.seed`; not set per experiment
 
     @property
@@ -171,6 +173,12 @@ class Experiment:
                 out.pop(k, None)
         if self.train_fraction >= 1.0:
             out.pop("fraction_seed", None)
+        for key in ("control", "q"):      # absent unless set, so rows without controls keep their hashes
+            if out.get(key) is None:
+                out.pop(key, None)
+        if self.control == "oracle":      # no generator is read: its settings must not rerun anything
+            for key in ("llm", "variant", "profiles"):
+                out.pop(key, None)
         return out
 
 
@@ -198,6 +206,7 @@ class Spec:
     results_root: Path = Path("benchmarks/results")
     report_root: Path = Path("benchmarks")
     experiments: list = field(default_factory=list)
+    claims: list = field(default_factory=list)          # expanded claim entries (bench/claims.py)
 
     def experiment(self, exp_id: str) -> Experiment:
         for e in self.experiments:
@@ -228,18 +237,17 @@ class Spec:
                                  "tasks": e.tasks, "explanations": e.explanations, "encoder": e.encoder,
                                  "variant": e.variant, "profiles": e.profiles, "llm": e.llm,
                                  "train_fraction": e.train_fraction, "users": e.users, "slice": e.slice_name,
-                                 "compare_to": e.compare_to, "seeds": e.seeds, "tune": e.tune}
-                                for e in self.experiments]}
+                                 "compare_to": e.compare_to, "seeds": e.seeds, "tune": e.tune,
+                                 "control": e.control, "q": e.q}
+                                for e in self.experiments],
+                "claims": self.claims}
 
 
 _TOP_KEYS = {"name", "version", "description", "dataset", "store", "cache", "llm", "llm_names", "model_ids",
              "seeds", "tasks",
-             "subslice", "max_missing", "train", "tune", "tune_seeds", "results", "report", "experiments", "defaults"}
+             "subslice", "max_missing", "train", "tune", "tune_seeds", "results", "report", "experiments", "defaults",
+             "claims"}
 _EXP_KEYS = {f.name for f in fields(Experiment)} - {"subslice_seed"}
-
-
-def _fail(where: str, message: str):
-    raise ReasonrecError(f"{where}: {message}")
 
 
 def load_spec(path: str | Path, overrides: dict | None = None) -> Spec:
@@ -305,56 +313,10 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     for exp in spec.experiments:
         if exp.compare_to and exp.compare_to not in seen:
             _fail(where, f"experiment '{exp.id}': compare_to '{exp.compare_to}' is not an experiment id")
+    from reasonrec.bench.claims import parse_claims
+
+    spec.claims = parse_claims(raw.get("claims") or [], seen, where)
     return spec
-
-
-def _check_tasks(tasks, where):
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        _fail(where, f"tasks {tasks}: each must be one of {list(TASKS)}")
-
-
-def _check_train(train: dict, where: str):
-    from reasonrec.config import TRAIN_KEYS
-
-    bad = set(train) - TRAIN_KEYS
-    if bad:
-        _fail(where, f"train: unknown option(s) {sorted(bad)}; TrainConfig has {sorted(TRAIN_KEYS)}")
-
-
-def _check_tune(tune, where: str) -> dict | None:
-    """A grid {option: [values]} with each value read as its option's type; None when empty."""
-    if not tune:
-        return None
-    if not isinstance(tune, dict):
-        _fail(where, "tune: a mapping of option -> list of values, e.g. {lr: [0.001, 0.01]}")
-    bad = sorted(set(tune) - set(TUNABLE))
-    if bad:
-        _fail(where, f"tune: cannot tune {bad}; tunable options: {sorted(TUNABLE)}")
-    out = {}
-    for key, values in tune.items():
-        if not isinstance(values, list) or not values:
-            _fail(where, f"tune.{key}: a non-empty list of values, e.g. [0.001, 0.01]")
-        try:
-            values = [_as(TUNABLE[key], v) for v in values]
-        except (TypeError, ValueError):
-            _fail(where, f"tune.{key}: {values} are not all {TUNABLE[key].__name__}s")
-        if len(set(values)) < len(values):
-            _fail(where, f"tune.{key}: {values} repeats a value")
-        out[str(key)] = values
-    return out
-
-
-def _as(kind: type, value):
-    """`value` read as int or float; strings too (YAML reads 1e-3 as a string), bools never."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    number = float(value)
-    if kind is int:
-        if not number.is_integer():
-            raise ValueError(value)
-        return int(number)
-    return number
 
 
 def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
@@ -416,6 +378,7 @@ def _experiment(raw: dict, spec: Spec, where: str) -> Experiment:
     _check_train(exp.train, where)
     exp.train = {**spec.train, **exp.train}
     exp.seeds = [int(s) for s in (exp.seeds or [])]
+    _check_control(exp, where)
     exp.tune = _check_tune(exp.tune, where)
     if exp.tune and exp.kind != "train":
         _fail(where, "tune: only trained experiments have hyper-parameters to tune")

@@ -133,9 +133,9 @@ def ols(x, y) -> dict:
             "r": float(res.rvalue), "slope_se": float(res.stderr), "n": int(len(x))}
 
 
-def sign(diff: float, p: float, larger_is_better: bool) -> int:
+def sign(diff: float, p: float, larger_is_better: bool, alpha: float = ALPHA) -> int:
     """+1: significantly better, -1: significantly worse, 0: no significant difference (or no test)."""
-    if p is None or not np.isfinite(p) or p >= ALPHA or not np.isfinite(diff) or diff == 0:
+    if p is None or not np.isfinite(p) or p >= alpha or not np.isfinite(diff) or diff == 0:
         return 0
     return 1 if (diff > 0) == larger_is_better else -1
 
