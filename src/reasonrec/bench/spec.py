@@ -86,7 +86,8 @@ TAGS = {
 # display-only keys: changing them never reruns anything
 DISPLAY_KEYS = ("label", "tag", "compare_to")
 # experiment keys that are config overrides (reasonrec.config), passed on only when set
-CONFIG_KEYS = ("preset", "side_features", "embed_dim", "mlp", "dropout", "extra", "encoder_options")
+CONFIG_KEYS = ("preset", "side_features", "embed_dim", "mlp", "dropout", "fusion", "expl_dropout", "extra",
+               "encoder_options")
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Experiment:
     embed_dim: object = None
     mlp: object = None
     dropout: object = None
+    fusion: object = None
+    expl_dropout: object = None
     extra: object = None
     encoder_options: object = None
     seeds: list = field(default_factory=list)
