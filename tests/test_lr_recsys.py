@@ -66,21 +66,26 @@ def test_vocabulary_comes_from_train_split_only(small):
     assert "comedy" in rec.encoder.vocab
 
 
-def test_dnn_shapes_and_attention(small):
+@pytest.mark.parametrize("fusion,names", [
+    ("gated", ["pos", "neg", "user", "item", "seq", "context"]),    # explanations as attention tokens
+    ("raw", ["pos", "neg", "user", "item", "seq", "context"]),      # the paper's
+    ("residual", ["user", "item", "seq", "context"]),                # explanations inside the item token
+])
+def test_dnn_shapes_and_attention(small, fusion, names):
     fz = Featurizer(side_features=False).fit(small.samples[small.samples.split == "train"], small.items, small.users)
     data = fz.transform(small.samples.head(16), small.items, small.users,
                         (np.random.rand(16, 8).astype("float32"), np.random.rand(16, 8).astype("float32")))
-    cfg = ModelConfig(**fz.spec.cardinalities(), expl_dim=8, side_features=False)
+    cfg = ModelConfig(**fz.spec.cardinalities(), expl_dim=8, side_features=False, fusion=fusion)
     net = LRRecsysNet(cfg)
     batch = next(data.batches(16))
     logits = net(batch)
     assert logits.shape == (16,)
-    attn = net.last_attention
-    assert attn.shape == (16, 6, 6)
-    assert torch.allclose(attn.sum(-1), torch.ones(16, 6), atol=1e-5)
+    attn, T = net.last_attention, len(names)
+    assert attn.shape == (16, T, T)
+    assert torch.allclose(attn.sum(-1), torch.ones(16, T), atol=1e-5)
     shares = LRRecsysNet.attention_shares(attn)
     assert torch.allclose(shares.sum(-1), torch.ones(16), atol=1e-5)
-    assert net.input_names == ["pos", "neg", "user", "item", "seq", "context"]
+    assert net.input_names == names
 
 
 def test_overfits_a_batch(small):
@@ -111,7 +116,7 @@ def test_informative_explanations_are_learned_and_bundle_round_trips(small, tmp_
     test = small.samples[small.samples.split == "test"]
     np.testing.assert_array_equal(rec.predict(test, expl), back.predict(test, expl))
     out = back.explain(test.user_id.iloc[0], test.item_id.iloc[0])
-    assert set(out["attention"]) == {"pos", "neg", "user", "item", "seq", "context"}
+    assert set(out["attention"]) == {"user", "item", "seq", "context"}   # residual fusion: reasons ride on the item token
     assert abs(sum(out["attention"].values()) - 1) < 1e-3
     assert out["explanations"]["positive"].startswith("the consumer likes")
     cold = back.explain("no-such-user", test.item_id.iloc[0])

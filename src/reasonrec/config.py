@@ -52,7 +52,9 @@ class RecommenderConfig(_Strict):
     encoder: str = "autoencoder"            # autoencoder | sentence | llm
     text_columns: tuple[str, ...] = ("positive", "negative")
     strip_prefixes: tuple[str, ...] = ()    # forced answer starts, removed before encoding
-    fusion: Literal["gated", "raw"] = "gated"   # gated: standardised codes behind a learned gate that starts closed; raw: the paper's
+    # residual: standardised, gated codes added to the candidate item's token (a closed gate leaves the
+    # model exactly its no-explanation self); gated: the same as two extra tokens; raw: the paper's tokens
+    fusion: Literal["residual", "gated", "raw"] = "residual"
     expl_dropout: float = 0.0               # drop the explanation tokens of a training sample with this probability
     embed_dim: int = 10
     init_std: float = 0.03                  # normal init of every embedding table

@@ -126,7 +126,7 @@ class Results:
         """(without, with) experiment pairs: the same trained model on the same slice and training
         data, once without explanations and once reading them (text or free vectors)."""
         def key(e):
-            return e.get("model"), _users(e), float(e.get("train_fraction", 1.0))
+            return e.get("model"), e.get("preset"), _users(e), float(e.get("train_fraction", 1.0))
 
         trained = [e for e in self.meta.values()
                    if e.get("kind", "train") == "train" and e.get("model") and not e.get("control")]
@@ -333,7 +333,8 @@ class Results:
             e = self.meta.get(exp_id, {})
             if float(e.get("train_fraction", 1.0)) < 1.0:
                 continue
-            without = [i for i in self.candidates(_users(e), model=e.get("model"), explanations="none")
+            without = [i for i in self.candidates(_users(e), model=e.get("model"), preset=e.get("preset"),
+                                                  explanations="none")
                        if self.has(i, "classification")]
             if not without:
                 continue

@@ -80,6 +80,8 @@ TAGS = {
     "ncf_backbone": "Table 6: Robustness 1, NCF with explanations",
     "with_explanations": "a zoo model reading explanations (the with vs without explanations table)",
     "no_explanations": "LR-Recsys without explanations (the with vs without explanations table)",
+    "fusion": "LR-Recsys with another explanation fusion (gated tokens; the with vs without explanations table)",
+    "faithful": "LR-Recsys' faithful preset, the paper's exact setting (raw fusion; Figures 7 and 10)",
     "control": "a diagnostic control row (shuffled or oracle texts): the informativeness figure only",
     "other": "listed in the appendix table only",
 }

@@ -31,7 +31,7 @@ class ModelConfig:
     expl_dim: int = 0                                  # width of incoming explanation vectors; 0 = none
     expl_mode: str = "text"                            # text | free (Ablation 1: learnable vectors instead)
     expl_slots: int = 2                                # 2 = positive + negative; 1 = one text (variants)
-    fusion: str = _DEFAULT.fusion                      # gated | raw (see ExplanationInput)
+    fusion: str = _DEFAULT.fusion                      # residual | gated | raw (see FieldTokens)
     expl_dropout: float = _DEFAULT.expl_dropout
     side_features: bool = _DEFAULT.side_features       # use user/item side fields where the model can
     pooled_history: bool = _DEFAULT.pooled_history     # FieldTokens' mean-of-history field
@@ -46,37 +46,48 @@ class ModelConfig:
 
 
 EXPL_KEYS = ("expl_pos", "expl_neg")
+FUSIONS = ("residual", "gated", "raw")
 
 
 class ExplanationInput(nn.Module):
     """Explanation embeddings -> `slots` d-wide vectors (B, slots, d); slot 0 reads `expl_pos`,
-    slot 1 `expl_neg`.
+    slot 1 `expl_neg`. `FieldTokens` decides where they go (see `fusion` there).
 
-    mode "text", fusion "gated" (the default): each code is standardised with the training split's
+    mode "text", fusion "residual" or "gated": each code is standardised with the training split's
     per-dimension mean and std (buffers, so the bundle keeps them; set by `standardise`), projected,
-    and scaled by a learned per-slot gate that starts at 0. An explanation therefore enters as a
-    zero token at the start, and stays near zero unless training finds it useful: raw codes
-    (std 1-4, beside embeddings of std 0.03) would otherwise dominate FM and cross terms from step 1.
-    `dropout` zeroes a training sample's explanation tokens with that probability.
+    and scaled by a learned per-slot gate that starts at 0: raw codes (std 1-4, beside embeddings of
+    std 0.03) would otherwise dominate FM and cross terms from the first step, and a gate that
+    training leaves near zero switches an uninformative explanation off. `dropout` zeroes a
+    training sample's explanation vectors with that probability.
     mode "text", fusion "raw": the paper's path, a linear projection of the codes as they are
     (identity-initialised when widths match, so the 8-d autoencoder codes enter unchanged).
     mode "free": LR-Recsys Ablation 1 — the same number of free learnable parameters, no text.
+
+    Its parameters are drawn from a forked random stream, so every other weight of a model is
+    initialised exactly as in the same model without explanations (same seed, same numbers).
     """
 
-    def __init__(self, in_dim: int, d: int, mode: str = "text", slots: int = 2, fusion: str = "gated",
+    def __init__(self, in_dim: int, d: int, mode: str = "text", slots: int = 2, fusion: str = "residual",
                  dropout: float = 0.0):
         super().__init__()
-        if fusion not in ("gated", "raw"):
-            raise ValueError(f"unknown explanation fusion '{fusion}'; choose gated or raw")
-        self.mode, self.slots, self.gated, self.dropout = mode, slots, fusion == "gated", dropout
-        if mode == "free":
-            self.free = nn.Parameter(torch.randn(slots, d) * 0.1)
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown explanation fusion '{fusion}'; choose one of {FUSIONS}")
+        self.mode, self.slots, self.gated, self.dropout = mode, slots, fusion != "raw", dropout
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + 1)
+            self._init_params(in_dim, d)
+
+    def _init_params(self, in_dim: int, d: int) -> None:
+        if self.mode == "free":
+            self.free = nn.Parameter(torch.randn(self.slots, d) * 0.1)
+            if self.gated:
+                self.gate = nn.Parameter(torch.zeros(self.slots))
             return
-        self.proj = nn.ModuleList(nn.Linear(in_dim, d) for _ in range(slots))
+        self.proj = nn.ModuleList(nn.Linear(in_dim, d) for _ in range(self.slots))
         if self.gated:
-            self.register_buffer("mean", torch.zeros(slots, in_dim))
-            self.register_buffer("std", torch.ones(slots, in_dim))
-            self.gate = nn.Parameter(torch.zeros(slots))
+            self.register_buffer("mean", torch.zeros(self.slots, in_dim))
+            self.register_buffer("std", torch.ones(self.slots, in_dim))
+            self.gate = nn.Parameter(torch.zeros(self.slots))
             for lin in self.proj:
                 nn.init.xavier_normal_(lin.weight)
                 nn.init.zeros_(lin.bias)
@@ -97,12 +108,15 @@ class ExplanationInput(nn.Module):
 
     def forward(self, batch: dict, batch_size: int) -> torch.Tensor:
         if self.mode == "free":
-            return self.free.unsqueeze(0).expand(batch_size, -1, -1)
-        if not self.gated:
+            x = self.free.unsqueeze(0).expand(batch_size, -1, -1)               # (B, slots, d)
+        elif not self.gated:
             return torch.stack([lin(batch[key]) for lin, key in zip(self.proj, EXPL_KEYS)], dim=1)
-        codes = [(batch[key] - self.mean[s]) / self.std[s] for s, key in enumerate(EXPL_KEYS[:self.slots])]
-        x = torch.stack([lin(c) for lin, c in zip(self.proj, codes)], dim=1)   # (B, slots, d)
-        x = x * self.gate.view(1, -1, 1)                                        # closed gate: zero tokens
+        else:
+            codes = [(batch[key] - self.mean[s]) / self.std[s] for s, key in enumerate(EXPL_KEYS[:self.slots])]
+            x = torch.stack([lin(c) for lin, c in zip(self.proj, codes)], dim=1)   # (B, slots, d)
+        if not self.gated:
+            return x
+        x = x * self.gate.view(1, -1, 1)                                        # closed gate: zeros
         if self.training and self.dropout:
             keep = (torch.rand(x.shape[0], 1, 1, device=x.device) >= self.dropout).to(x.dtype)
             x = x * keep                                                        # (B, slots, d)

@@ -11,7 +11,11 @@
   models pass `history=False` and read the sequence itself through `history_seq`;
 - ctx (hour, weekday) always; user/item side fields and the genre bag only with
   `cfg.side_features` (both through `SideFields`);
-- the explanation slots (`ExplanationInput`) when `cfg.uses_explanations`.
+- the explanation slots (`ExplanationInput`) when `cfg.uses_explanations` and `cfg.fusion` is
+  "gated" or "raw". With "residual" (the default) there are no explanation fields: the gated
+  explanation vectors are added to the candidate item's token, so the field stack, and every
+  layer sized by it, is the one of the model without explanations, and a closed gate gives
+  exactly that model (same seed, same weights, same outputs).
 
 `d=1` gives the same stack as scalar weights: the first-order (linear) term of FM-style models.
 
@@ -38,17 +42,31 @@ class FieldTokens(nn.Module):
         self.expl = ExplanationInput(cfg.expl_dim, d, cfg.expl_mode, cfg.expl_slots, cfg.fusion, cfg.expl_dropout) \
             if cfg.uses_explanations else None
         self.pool_history = history and cfg.pooled_history
+        self.residual = self.expl is not None and cfg.fusion == "residual"
         side_names = [f"ctx_{i}" for i in range(len(cfg.ctx))]
         if cfg.side_features:
             side_names += [f"user_feat_{i}" for i in range(len(cfg.user_fields))]
             side_names += [f"item_feat_{i}" for i in range(len(cfg.item_fields))] + ["genres"]
         self.names = ["user", "item"] + (["history"] if self.pool_history else []) + side_names + \
-            ([k.removeprefix("expl_") for k in EXPL_KEYS[:cfg.expl_slots]] if self.expl is not None else [])
+            ([k.removeprefix("expl_") for k in EXPL_KEYS[:cfg.expl_slots]] if self.expl_tokens else [])
         for m in self.modules():
             if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
                 nn.init.normal_(m.weight, std=cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
+
+    @property
+    def expl_tokens(self) -> bool:
+        """Whether the explanations are fields of their own (fusion gated/raw) rather than a residual."""
+        return self.expl is not None and not self.residual
+
+    def candidate(self, batch: dict) -> torch.Tensor:
+        """The candidate item's token (B, d): its embedding, plus the gated explanations under
+        residual fusion (they are about this user-item pair)."""
+        e = self.item(batch["item"])
+        if self.residual:
+            e = e + self.expl(batch, e.shape[0]).sum(1)
+        return e
 
     @property
     def n_fields(self) -> int:
@@ -64,7 +82,7 @@ class FieldTokens(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         B = batch["user"].shape[0]
-        tokens = [self.user(batch["user"]), self.item(batch["item"])]          # 2 x (B, d)
+        tokens = [self.user(batch["user"]), self.candidate(batch)]             # 2 x (B, d)
         if self.pool_history:
             seq, mask = self.history_seq(batch)                                # (B, H, d), (B, H)
             n = mask.sum(1, keepdim=True).clamp(min=1)                         # (B, 1)
@@ -72,7 +90,7 @@ class FieldTokens(nn.Module):
         x = torch.stack(tokens, dim=1)                                         # (B, 2|3, d)
         if self.side.n_fields:
             x = torch.cat([x, self.side(batch)], dim=1)                        # (B, +ctx+side, d)
-        if self.expl is not None:
+        if self.expl_tokens:
             x = torch.cat([x, self.expl(batch, B)], dim=1)                     # (B, F, d)
         return x
 

@@ -67,7 +67,7 @@ class SplitScorer:
         B = items["item"].shape[0]
         d = m.fields.user.embedding_dim
         e_user = m.fields.user.weight[user_code].expand(B, d)
-        tokens = [e_user, m.fields.item(items["item"]), self._e_seq(user, hist).expand(B, d)]
+        tokens = [e_user, m.fields.candidate(items), self._e_seq(user, hist).expand(B, d)]
         if m.ctx_mlp is not None:
             if self.side_per_item:
                 full = {**items, "ctx": ctx.expand(B, -1), "user": items["item"],
@@ -76,7 +76,7 @@ class SplitScorer:
             else:
                 tokens.append(self._e_ctx(ctx, user_feats).expand(B, d))
         x = torch.stack(tokens, dim=1)
-        if m.fields.expl is not None:
+        if m.fields.expl_tokens:
             x = torch.cat([m.fields.expl(items, B), x], dim=1)
         y, attn = _attend(m.input_attn, x)
         if m.residual:
