@@ -152,3 +152,31 @@ def test_explain_live_generates_only_the_new_pair(small, tmp_path):
     assert len(llm.prompts) == 2 and out["history"] == rec.user_history[user]
     again = rec.explain_live(user, item, explainer)
     assert len(llm.prompts) == 2 and again["score"] == out["score"]   # served from the store
+
+
+@pytest.mark.parametrize("fusion", ["residual", "gated", "raw"])
+@pytest.mark.parametrize("side", [True, False], ids=["side", "noside"])
+def test_serving_split_reproduces_the_forward(small, fusion, side):
+    """The service's split scorer (user half once, candidate half per item) gives the model's own
+    logits and attention under every explanation fusion."""
+    from reasonrec.serve.split import SplitScorer
+
+    fz = Featurizer(side_features=side).fit(small.samples[small.samples.split == "train"], small.items, small.users)
+    data = fz.transform(small.samples.head(16), small.items, small.users,
+                        (np.random.rand(16, 8).astype("float32"), np.random.rand(16, 8).astype("float32")))
+    torch.manual_seed(0)
+    net = LRRecsysNet(ModelConfig(**fz.spec.cardinalities(), expl_dim=8, side_features=side, fusion=fusion)).eval()
+    for m in net.modules():
+        if getattr(m, "gated", False):
+            m.gate.data.fill_(0.7)                       # open, so the explanations count
+    batch = next(data.batches(16))
+    for key in ("user", "hist", "ctx", "user_feats"):   # one user scoring 16 candidates
+        batch[key] = batch[key][:1].expand_as(batch[key]).clone()
+    with torch.no_grad():
+        full = net(batch)
+        attn = net.last_attention
+        items = {k: batch[k] for k in ("item", "item_feats", "item_cats", "expl_pos", "expl_neg")}
+        fast, fast_attn = SplitScorer(net).forward("u", int(batch["user"][0]), batch["hist"][:1], batch["ctx"][:1],
+                                                   batch["user_feats"][:1], items)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_attn, attn, atol=1e-5, rtol=1e-5)

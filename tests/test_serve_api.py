@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from tests.fakes import FakeLLM
 from tests.test_serve_support import FAKE_SPEC, Server, bundle_ids
 
-NAMES = {"pos", "neg", "user", "item", "seq", "context"}
+NAMES = {"user", "item", "seq", "context"}   # the default (residual) fusion: reasons ride on the item token
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,10 @@ features). The default is the robust one: a residual around the input attention 
 added to the tokens, so a badly initialised attention cannot cut an input off), lr 1e-3 with
 larger batches, dropout, the zoo's embedding init — at the faithful setting the 8-unit bottleneck
 dies entirely on some seeds (constant output; `FitResult.dead_units` reports the share per fit).
+The default also fuses the explanations safely (`fusion="residual"`, see `FieldTokens`): E_pos and
+E_neg are standardised, gated and added to E_item instead of being tokens of their own, so the
+input attention runs over user, item, seq and context, and a closed gate is the model without
+explanations. The faithful preset keeps them as the paper's two raw tokens (figures 7 and 10).
 """
 
 from __future__ import annotations
