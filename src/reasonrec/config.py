@@ -55,7 +55,7 @@ class RecommenderConfig(_Strict):
     # residual: standardised, gated codes added to the candidate item's token (a closed gate leaves the
     # model exactly its no-explanation self); gated: the same as two extra tokens; raw: the paper's tokens
     fusion: Literal["residual", "gated", "raw"] = "residual"
-    expl_dropout: float = 0.0               # drop the explanation tokens of a training sample with this probability
+    expl_dropout: float = 0.0               # zero a training sample's explanation vectors with this probability
     embed_dim: int = 10
     init_std: float = 0.03                  # normal init of every embedding table
     side_features: bool = True              # the same inputs for every model compared

@@ -67,8 +67,8 @@ class ExplanationInput(nn.Module):
     initialised exactly as in the same model without explanations (same seed, same numbers).
     """
 
-    def __init__(self, in_dim: int, d: int, mode: str = "text", slots: int = 2, fusion: str = "residual",
-                 dropout: float = 0.0):
+    def __init__(self, in_dim: int, d: int, mode: str = "text", slots: int = 2, fusion: str = _DEFAULT.fusion,
+                 dropout: float = _DEFAULT.expl_dropout):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown explanation fusion '{fusion}'; choose one of {FUSIONS}")
@@ -109,10 +109,10 @@ class ExplanationInput(nn.Module):
     def forward(self, batch: dict, batch_size: int) -> torch.Tensor:
         if self.mode == "free":
             x = self.free.unsqueeze(0).expand(batch_size, -1, -1)               # (B, slots, d)
-        elif not self.gated:
-            return torch.stack([lin(batch[key]) for lin, key in zip(self.proj, EXPL_KEYS)], dim=1)
         else:
-            codes = [(batch[key] - self.mean[s]) / self.std[s] for s, key in enumerate(EXPL_KEYS[:self.slots])]
+            codes = [batch[key] for key in EXPL_KEYS[:self.slots]]
+            if self.gated:
+                codes = [(c - self.mean[s]) / self.std[s] for s, c in enumerate(codes)]
             x = torch.stack([lin(c) for lin, c in zip(self.proj, codes)], dim=1)   # (B, slots, d)
         if not self.gated:
             return x
