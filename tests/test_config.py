@@ -26,7 +26,7 @@ def test_layers_resolve_in_order():
     assert faithful.side_features is False and faithful.extra["residual"] is False
     assert resolve(model="lr-recsys", preset="faithful", lr=0.02).train.lr == 0.02   # and over the preset
     # a caller's knob adds to the preset's knobs instead of replacing them
-    assert resolve(model="lr-recsys", preset="faithful", extra={"heads": 2}).extra == {"residual": False, "heads": 2}
+    assert resolve(model="lr-recsys", preset="faithful", extra={"heads": 2}).extra == {"residual": False, "gmf": False, "heads": 2}
     # the preset spells only what the paper fixes; nothing else leaks into it
     assert set(PRESETS["faithful"]) <= set(RecommenderConfig.model_fields)
 

@@ -88,6 +88,21 @@ def test_dnn_shapes_and_attention(small, fusion, names):
     assert net.input_names == names
 
 
+def test_history_dropout_acts_only_while_training(small):
+    fz = Featurizer().fit(small.samples[small.samples.split == "train"], small.items, small.users)
+    data = fz.transform(small.samples.head(256), small.items, small.users)
+    net = LRRecsysNet(ModelConfig(**fz.spec.cardinalities(), hist_dropout=0.5))
+    batch = next(data.batches(256))
+    real = batch["hist"] > 0
+    torch.manual_seed(0)
+    seq, mask = net.train().fields.history_seq(batch)
+    assert not (mask & ~real).any(), "a padded slot became a real item"
+    assert 0.3 < mask.sum() / real.sum() < 0.7
+    assert (seq[~mask] == 0).all(), "a dropped item still carries its embedding"
+    seq, mask = net.eval().fields.history_seq(batch)
+    assert torch.equal(mask, real) and (seq[real] != 0).any(dim=-1).all()
+
+
 def test_overfits_a_batch(small):
     fz = Featurizer().fit(small.samples[small.samples.split == "train"], small.items, small.users)
     data = fz.transform(small.samples.head(64), small.items, small.users,

@@ -60,6 +60,9 @@ class RecommenderConfig(_Strict):
     init_std: float = 0.03                  # normal init of every embedding table
     side_features: bool = True              # the same inputs for every model compared
     pooled_history: bool = False            # the history's mean item embedding as one more field (field models)
+    # drop each history item with this probability while training: 0 -> 0.3 lifted the mean validation AUC
+    # of every model that reads the sequence (3 seeds, full ML-100K; benchmarks/parity)
+    hist_dropout: float = Field(0.3, ge=0.0, lt=1.0)
     mlp: tuple[int, ...] = (128, 128, 128)
     dropout: float = 0.2
     extra: dict = {}                        # model-specific knobs (heads, layers, ...), read by the model

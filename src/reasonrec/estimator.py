@@ -125,6 +125,7 @@ class Recommender:
                            expl_slots=len(cfg.text_columns) if cfg.explanations != "none" else 0,
                            fusion=cfg.fusion, expl_dropout=cfg.expl_dropout,
                            side_features=cfg.side_features, pooled_history=cfg.pooled_history,
+                           hist_dropout=cfg.hist_dropout,
                            init_std=cfg.init_std, mlp=tuple(cfg.mlp), dropout=cfg.dropout,
                            extra=dict(cfg.extra))
         return build_model(cfg.model, mcfg)

@@ -35,6 +35,7 @@ class ModelConfig:
     expl_dropout: float = _DEFAULT.expl_dropout
     side_features: bool = _DEFAULT.side_features       # use user/item side fields where the model can
     pooled_history: bool = _DEFAULT.pooled_history     # FieldTokens' mean-of-history field
+    hist_dropout: float = _DEFAULT.hist_dropout        # FieldTokens.history_seq, training only
     init_std: float = _DEFAULT.init_std
     mlp: tuple = _DEFAULT.mlp
     dropout: float = _DEFAULT.dropout

@@ -16,7 +16,12 @@ tokens go through an MLP (`cfg.mlp`) to the logit.
 
 Chosen (the paper leaves these open or differs in scale): pre-LayerNorm residual blocks with a
 feed-forward network *shared* across fields; `extra["layers"]` (2) and `extra["heads"]` (2);
-field-specific matrices are stored directly (F * d * d each) — the paper's basis-composed
+the residual output projections (W_o and the FFN's last layer) start at zero, so each block
+starts as the identity and the head first sees the field embeddings as an MLP would: from the
+random init, LayerNorm hands the attention unit-scale copies of 0.03-scale embeddings and the
+model peaked at epoch 3-4 (full ML-100K, 3 seeds: valid AUC 0.7512 -> 0.7574, test 0.7664 ->
+0.7714; a larger embedding init, a lower lr, an embedding L2 or a skip of the input tokens to the
+head did not do better); field-specific matrices are stored directly (F * d * d each) — the paper's basis-composed
 hypernetwork, which synthesises them from shared bases to keep huge-F industrial models small,
 is unnecessary at F ~ 12.
 
@@ -86,6 +91,10 @@ class FAT(nn.Module):
         F = self.fields.n_fields
         self.blocks = nn.ModuleList(FATBlock(F, d, cfg.extra.get("heads", 2), cfg.dropout)
                                     for _ in range(cfg.extra.get("layers", 2)))
+        for b in self.blocks:   # each block starts as the identity (zero residual outputs), as in ReZero/T-Fixup
+            nn.init.zeros_(b.attn.wo)
+            nn.init.zeros_(b.ffn[2].weight)
+            nn.init.zeros_(b.ffn[2].bias)
         self.head = mlp(F * d, tuple(cfg.mlp), out_dim=1, dropout=cfg.dropout)
         self.input_names = self.fields.names
         self.last_attention: torch.Tensor | None = None

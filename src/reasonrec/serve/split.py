@@ -81,7 +81,8 @@ class SplitScorer:
         y, attn = _attend(m.input_attn, x)
         if m.residual:
             y = x + y
-        return m.head(y.flatten(1)).squeeze(-1), attn
+        users = torch.full((B,), user_code, dtype=torch.long)
+        return m.score(y, users, items["item"]), attn
 
 
 def _attend(att, x: torch.Tensor):
