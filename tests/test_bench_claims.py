@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reasonrec.bench import controls
-from reasonrec.bench.claims import evaluate, parse_claims
+from reasonrec.bench import controls, stats
+from reasonrec.bench.claims import evaluate, family_summary, parse_claims
 from reasonrec.bench.results import Results
 from reasonrec.errors import ReasonrecError
 
@@ -75,6 +75,22 @@ def test_not_worse_same_and_max_drop(results):
     assert evaluate(drop, results)[0] == "does not hold"
     assert evaluate(_one({"text": "t", "a": "text", "b": "none", "direction": "same"}, ids), results)[0] == \
         "does not hold"
+
+
+def test_holm_adjusts_step_down_and_keeps_the_input_order():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5]) == [0.5]
+
+
+def test_a_family_counts_its_tests_and_names_what_survives_holm(results):
+    ids = set(results.meta)
+    entries = [{"text": "t", "a": "text", "b": "none", "direction": "same", "family": "f"},
+               {"text": "u", "a": "none", "b": "none", "direction": "same", "family": "f"},
+               {"text": "v", "a": "text", "b": "none", "direction": "same"}]       # no family: not read
+    claims = [_one(e, ids) for e in entries]
+    [line] = family_summary(claims, results)
+    assert "2 claims, 4 tests" in line and "2 at p < 0.05" in line
+    assert "text AUC (Holm p=" in line and "none AUC" not in line
 
 
 def test_rises_reads_the_slope_over_rows(results):

@@ -11,6 +11,7 @@
       test: paired_t              # per-seed paired t (one-sample t against a single-run row;
                                   # DeLong on AUC when there is a single seed)
       alpha: 0.05
+      family: do-no-harm          # optional: claims of one family are also read together (below)
 
 Rules. better: a significantly better than b on every compared metric (does not hold when
 significantly worse on any; `min_gain`: the first metric's mean gain must also reach it).
@@ -22,6 +23,12 @@ len(inputs)/T. between_groups: per test sample the attention difference `contras
 compared (Welch t) between samples with label `higher_in` [0] and the others: holds when it is
 larger there. harder_gain_more: the per-sample loss reduction of a over b regressed (OLS) on the
 models' disagreement (Figure 6; `task`).
+
+Families: the verdicts above test each claim at its own alpha, so a family of many such claims
+(one per model, two metrics each) shows some "significant" differences by chance alone even when
+nothing differs. `family_summary` reads the pairwise claims sharing a `family` together: how many
+of their tests reach p < alpha, how many that is expected to be with no effect at all, and which
+survive Holm's step-down correction over the whole family. It adds a reading; it changes no verdict.
 
 Templating: `for_each: {model: [ncf, deepfm]}` repeats the entry with `{model}` replaced in every
 string (several keys: every combination); `for_each: [{a: x, b: y}, ...]` lists the bindings.
@@ -42,7 +49,7 @@ DIRECTIONS = ("better", "not_worse", "same", "rises", "share_above_uniform", "be
 TESTS = ("paired_t",)
 ALL_METRICS = ("auc", "logloss", "rmse", "mae")
 _KEYS = {"text", "direction", "a", "b", "metrics", "test", "alpha", "max_drop", "min_gain", "rows", "task",
-         "inputs", "contrast", "higher_in", "for_each"}
+         "inputs", "contrast", "higher_in", "for_each", "family"}
 
 
 # --- parsing -----------------------------------------------------------------------------------------
@@ -131,11 +138,14 @@ def _fmt_p(p: float) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
+def _p(c) -> float:
+    if not np.isfinite(c.p) and c.metric == "auc":
+        return c.delong_p         # one seed: DeLong is the only test there is
+    return c.p
+
+
 def _sign(c, alpha: float) -> int:
-    p = c.p
-    if not np.isfinite(p) and c.metric == "auc":
-        p = c.delong_p            # one seed: DeLong is the only test there is
-    return stats.sign(c.diff, p, stats.METRICS[c.metric][1], alpha)
+    return stats.sign(c.diff, _p(c), stats.METRICS[c.metric][1], alpha)
 
 
 def resolve(ref, results, metric: str, anchor: str | None) -> str | None:
@@ -154,18 +164,24 @@ def evaluate(claim: dict, results) -> tuple[str, str]:
     return _EVALUATORS[claim["direction"]](claim, results)
 
 
+def _comparisons(claim: dict, results) -> list[tuple[str, object]]:
+    """(b's id, comparison) of a pairwise claim, one per metric both rows have."""
+    out = []
+    for m in claim["metrics"]:
+        b = resolve(claim["b"], results, m, claim["a"])
+        c = results.compare(claim["a"], b, m) if b and results.has(b) else None
+        if c is not None and np.isfinite(c.diff):
+            out.append((b, c))
+    return out
+
+
 def _pairwise(claim: dict, results) -> tuple[str, str]:
     a, alpha = claim["a"], claim["alpha"]
     if not results.has(a):
         return "inconclusive", f"missing results ({a})"
-    comps, parts = [], []
-    for m in claim["metrics"]:
-        b = resolve(claim["b"], results, m, a)
-        c = results.compare(a, b, m) if b and results.has(b) else None
-        if c is None or not np.isfinite(c.diff):
-            continue
-        comps.append(c)
-        parts.append(f"{c.text()} vs {results.label(b)}")
+    found = _comparisons(claim, results)
+    comps = [c for _, c in found]
+    parts = [f"{c.text()} vs {results.label(b)}" for b, c in found]
     if not comps:
         return "inconclusive", f"missing results ({a} vs {claim['b']})"
     signs = [_sign(c, alpha) for c in comps]
@@ -266,6 +282,30 @@ def _harder(claim: dict, results) -> tuple[str, str]:
     fit = found["fit"]
     return (_slope_verdict(fit["slope"], fit["p"], claim["alpha"]),
             f"vs {results.label(b)}: slope {fit['slope']:+.5f}, p={_fmt_p(fit['p'])}, n={fit['n']}")
+
+
+def family_summary(claims: list[dict], results) -> list[str]:
+    """One line per `family` of pairwise claims: tests at p < alpha, the count expected by chance,
+    and the tests still significant after Holm's correction over the family."""
+    families: dict[str, list] = {}
+    for claim in claims:
+        if claim.get("family") and claim["direction"] in ("better", "not_worse", "same") and results.has(claim["a"]):
+            for _, c in _comparisons(claim, results):
+                p = _p(c)
+                if np.isfinite(p):
+                    families.setdefault(claim["family"], []).append((claim, c, float(p)))
+    lines = []
+    for name, tests in families.items():
+        alpha = tests[0][0]["alpha"]
+        adjusted = stats.holm([p for _, _, p in tests])
+        raw = [f"{results.label(cl['a'])} {stats_label(c.metric)} (p={_fmt_p(p)})" for cl, c, p in tests if p < alpha]
+        kept = [f"{results.label(cl['a'])} {stats_label(c.metric)} (Holm p={_fmt_p(q)})"
+                for (cl, c, _), q in zip(tests, adjusted) if q < alpha]
+        lines.append(f"- Family **{name}**: {len({id(cl) for cl, _, _ in tests})} claims, {len(tests)} tests; "
+                     f"{len(raw)} at p < {alpha:g} ({', '.join(raw) or 'none'}), where {alpha * len(tests):.1f} are "
+                     f"expected by chance if nothing differed; after Holm's correction over the family: "
+                     f"{', '.join(kept) or 'none'}.")
+    return lines
 
 
 _EVALUATORS = {"better": _pairwise, "not_worse": _pairwise, "same": _pairwise, "rises": _rises,

@@ -67,7 +67,9 @@ def export_recbole(data: Prepared, out_dir: Path, name: str = "reasonrec") -> Pa
 def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, overrides: dict | None = None,
                progress: bool = False, echo=print) -> pd.DataFrame:
     """Every model without explanations at its defaults (plus `overrides`), one row per seed;
-    results.csv is rewritten after each fit, and fits already in it are not run again."""
+    results.csv is rewritten after each fit. A fit already in it is not run again unless its stored
+    config differs from what the defaults resolve to now (then it is refitted, so no row of the
+    report describes settings that are no longer the defaults)."""
     from reasonrec.estimator import Recommender
 
     out.mkdir(parents=True, exist_ok=True)
@@ -75,13 +77,18 @@ def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, o
     done = pd.read_csv(results) if results.is_file() else pd.DataFrame()
     rows = done.to_dict("records")
     key = json.dumps(overrides or {}, sort_keys=True)
-    have = {(r["model"], int(r["seed"]), r.get("overrides", "{}")) for r in rows}
     for model in models:
         for seed in seeds:
-            if (model, seed, key) in have:
-                continue
-            started = time.perf_counter()
             rec = Recommender(**{**(overrides or {}), "model": model, "explanations": "none", "seed": seed})
+            config = json.dumps(rec.config.model_dump(mode="json", exclude={"text_columns", "strip_prefixes"}),
+                                sort_keys=True)
+            same = [r for r in rows if (r["model"], int(r["seed"]), r.get("overrides", "{}")) == (model, seed, key)]
+            if same and all(r.get("config") == config for r in same):
+                continue
+            if same:
+                echo(f"{model} seed {seed}: the defaults changed since the stored fit; refitting")
+                rows = [r for r in rows if not any(r is x for x in same)]
+            started = time.perf_counter()
             rec.fit(data, progress=progress)
             test = rec.evaluate(data)
             fr = rec.fit_result
@@ -89,9 +96,7 @@ def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, o
                    "test_logloss": test["logloss"], "valid_auc": fr.best_valid.get("auc"),
                    "best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run,
                    "seconds_per_epoch": round(fr.seconds_per_epoch, 3), "fit_seconds": round(time.perf_counter() - started, 1),
-                   "dead_units": fr.dead_units, "constant_output": fr.constant_output,
-                   "config": json.dumps(rec.config.model_dump(mode="json", exclude={"text_columns", "strip_prefixes"}),
-                                        sort_keys=True)}
+                   "dead_units": fr.dead_units, "constant_output": fr.constant_output, "config": config}
             rows.append(row)
             pd.DataFrame(rows).to_csv(results, index=False)
             echo(f"{model} seed {seed}: test AUC {test['auc']:.4f}, LogLoss {test['logloss']:.4f}, "

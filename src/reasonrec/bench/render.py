@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reasonrec.bench.claims import evaluate, parse_claims
+from reasonrec.bench.claims import evaluate, family_summary, parse_claims
 from reasonrec.bench.figures import Figures
 from reasonrec.bench.results import Results, _cell, _md_table, _users
 from reasonrec.bench.tables import TABLE_TAGS, Tables
@@ -95,6 +95,9 @@ class Report(Tables, Figures):
         counts = pd.Series([v for _, v, _ in self.claims]).value_counts().to_dict() if self.claims else {}
         lines += [f"Summary: {counts.get('holds', 0)} hold, {counts.get('does not hold', 0)} do not hold, "
                   f"{counts.get('inconclusive', 0)} inconclusive.", ""]
+        families = family_summary(self.claim_entries, self.r)
+        if families:
+            lines += ["Read as families (`family:` in the spec; this changes no verdict above):", "", *families, ""]
         return "\n".join(lines)
 
     def _save(self, fig, name: str):

@@ -133,6 +133,18 @@ def ols(x, y) -> dict:
             "r": float(res.rvalue), "slope_se": float(res.stderr), "n": int(len(x))}
 
 
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order."""
+    p = np.asarray(pvalues, float)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
 def sign(diff: float, p: float, larger_is_better: bool, alpha: float = ALPHA) -> int:
     """+1: significantly better, -1: significantly worse, 0: no significant difference (or no test)."""
     if p is None or not np.isfinite(p) or p >= alpha or not np.isfinite(diff) or diff == 0:
