@@ -36,8 +36,8 @@ class TrainConfig(_Strict):
     monitor: Literal["auto", "auc", "logloss", "rmse", "mae"] = "auto"   # auto: AUC / RMSE by task
     weight_decay: float = 0.0               # Adam's L2 on every parameter
     # L2 on every embedding table, added to each batch's loss (FuxiCTR's embedding_regularizer). 3e-3 won
-    # the mean validation AUC over 3 seeds for every model on full ML-100K (grid 0 / 3e-4 / 1e-3 / 3e-3,
-    # DeepFM also 1e-5..1e-2; benchmarks/parity/tuning.csv)
+    # the mean validation AUC over 3 seeds for every model on full ML-100K (grid 0 / 1e-3 / 3e-3; docs/parity.md,
+    # benchmarks/parity/tuning.csv)
     embed_reg: float = 3e-3
     supervision: Literal["label", "soft"] = "label"   # soft: BCE against the rating scaled to [0, 1] (seed 003)
     seed: int = 0
