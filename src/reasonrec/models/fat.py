@@ -97,7 +97,8 @@ class FAT(nn.Module):
         self.fields = FieldTokens(cfg, d)
         F = self.fields.n_fields
         extra = {**DEFAULTS["extra"], **cfg.extra}
-        self.blocks = nn.ModuleList(FATBlock(F, d, extra["heads"], cfg.dropout, extra["norm"]) for _ in range(extra["layers"]))
+        self.blocks = nn.ModuleList(FATBlock(F, d, extra["heads"], cfg.dropout, extra["norm"])
+                                    for _ in range(extra["layers"]))
         for b in self.blocks:   # each block starts as the identity (zero residual outputs), as in ReZero/T-Fixup
             nn.init.zeros_(b.attn.wo)
             nn.init.zeros_(b.ffn[2].weight)
