@@ -11,7 +11,7 @@ from reasonrec.config import TrainConfig
 from reasonrec.data.prepare import PrepareConfig, prepare
 from reasonrec.data.readers import read
 from reasonrec.estimator import Recommender
-from reasonrec.train.trainer import bottleneck_health, embedding_tables, target
+from reasonrec.train.trainer import EmbeddingPenalty, bottleneck_health, embedding_tables, target
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,29 @@ def test_the_embedding_regulariser_shrinks_the_tables(small):
         rec = Recommender(model="deepfm", explanations="none", epochs=3, patience=3, embed_reg=reg).fit(small)
         norms.append(sum(float(t.detach().pow(2).sum()) for t in embedding_tables(rec.model)))
     assert norms[1] < 0.8 * norms[0]
+
+
+def test_the_batch_penalty_reaches_only_the_rows_a_batch_looked_up():
+    table = torch.nn.Embedding(6, 3)
+    model = torch.nn.Sequential(table).train()
+    ids = torch.tensor([1, 1, 4])
+    grads = {}
+    for on in ("tables", "batch"):
+        penalty = EmbeddingPenalty(model, TrainConfig(embed_reg=0.5, embed_reg_on=on))
+        table.weight.grad = None
+        model(ids)
+        penalty(len(ids)).backward()
+        grads[on] = table.weight.grad.clone()
+        penalty.close()
+    touched = grads["batch"].abs().sum(1) > 0
+    assert touched.tolist() == [False, True, False, False, True, False]
+    # per sample: row 1 was looked up twice in a batch of 3 -> 2 * 0.5 * 2 * w / 3
+    assert torch.allclose(grads["batch"][1], table.weight[1] * 2 / 3)
+    assert bool((grads["tables"].abs().sum(1) > 0).all())
+    penalty = EmbeddingPenalty(model, TrainConfig(embed_reg=0.5, embed_reg_on="batch"))
+    model.eval()
+    model(ids)                                                  # validation lookups are not penalised
+    assert penalty(len(ids)) == 0
 
 
 def test_a_dead_bottleneck_is_reported_as_dead_and_constant(small):

@@ -35,10 +35,13 @@ class TrainConfig(_Strict):
     patience: int = 10                      # epochs without validation improvement before stopping
     monitor: Literal["auto", "auc", "logloss", "rmse", "mae"] = "auto"   # auto: AUC / RMSE by task
     weight_decay: float = 0.0               # Adam's L2 on every parameter
-    # L2 on every embedding table, added to each batch's loss (FuxiCTR's embedding_regularizer). 3e-3 won
-    # the mean validation AUC over 3 seeds for every model on full ML-100K (grid 0 / 1e-3 / 3e-3; docs/parity.md,
-    # benchmarks/parity/tuning.csv)
+    # L2 on the embeddings, added to each batch's loss. 3e-3 on whole tables won the mean validation AUC
+    # over 3 seeds for every model on full ML-100K but the two with a GMF product, which take the L2 on the
+    # rows each batch looked up (their DEFAULTS; docs/parity.md, benchmarks/parity/tuning.csv)
     embed_reg: float = 3e-3
+    # tables: the whole of every table, each batch (FuxiCTR's embedding_regularizer; rare rows shrink as fast
+    # as popular ones); batch: the looked-up rows, per sample (RecBole's EmbLoss; popular rows most)
+    embed_reg_on: Literal["tables", "batch"] = "tables"
     supervision: Literal["label", "soft"] = "label"   # soft: BCE against the rating scaled to [0, 1] (seed 003)
     seed: int = 0
     threads: int | None = 1                 # tiny models: one thread beats two on a small, shared CPU

@@ -64,6 +64,37 @@ def embedding_tables(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
 
 
+class EmbeddingPenalty:
+    """`embed_reg` x the squared L2 of the embeddings, either of whole tables or of the rows one
+    training batch looked up (summed per sample, averaged over the batch)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig):
+        self.weight, self.on = cfg.embed_reg, cfg.embed_reg_on
+        self.tables = embedding_tables(model) if self.weight else []
+        self.looked_up: list[torch.Tensor] = []
+        self.hooks = []
+        if self.weight and self.on == "batch":
+            for m in model.modules():
+                if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+                    self.hooks.append(m.register_forward_hook(self._record))
+
+    def _record(self, module, inputs, output):
+        if module.training:
+            self.looked_up.append(output)
+
+    def __call__(self, batch_size: int) -> torch.Tensor | float:
+        if not self.weight:
+            return 0.0
+        if self.on == "tables":
+            return self.weight * sum(t.pow(2).sum() for t in self.tables)
+        rows, self.looked_up = self.looked_up, []
+        return self.weight * sum(o.pow(2).sum() for o in rows) / batch_size
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def bottleneck_health(model: nn.Module, data: TensorData) -> tuple[float | None, bool]:
     """(share of dead units in the last hidden layer of the model's `head` MLP, constant output?).
@@ -149,7 +180,7 @@ def train_loop(model: nn.Module, train: TensorData, valid: TensorData, cfg: Trai
     net = distributed.wrap(model, next(valid.batches(8))) if shard else model
     criterion = loss_fn(task)
     metric, larger_is_better = monitor_of(cfg, task)
-    tables = embedding_tables(model) if cfg.embed_reg else []
+    penalty = EmbeddingPenalty(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)   # the same permutation on every rank
     result = FitResult(monitor=metric)
     best_state, best_score, start_epoch, bad_epochs = None, None, 0, 0
@@ -174,14 +205,14 @@ def train_loop(model: nn.Module, train: TensorData, valid: TensorData, cfg: Trai
             pieces = distributed.batches(train, cfg.batch_size, shard, gen)
         for batch, global_size in pieces:
             opt.zero_grad(set_to_none=True)
+            penalty.looked_up.clear()
             loss = criterion(net(batch), target(batch, task, scale, cfg.supervision))
             total += loss.item() * len(batch["user"])
             seen += len(batch["user"])
             if global_size is not None:
                 # DDP averages over ranks; weighting by this rank's share makes it the global mean
                 loss = loss * (len(batch["user"]) * shard.world / global_size)
-            if tables:
-                loss = loss + cfg.embed_reg * sum(t.pow(2).sum() for t in tables)
+            loss = loss + penalty(len(batch["user"]))
             loss.backward()
             opt.step()
         if shard is not None:
@@ -212,6 +243,7 @@ def train_loop(model: nn.Module, train: TensorData, valid: TensorData, cfg: Trai
             stop = distributed.leader_says(stop)
         if stop:
             break
+    penalty.close()
     result.seconds = time.perf_counter() - started
     result.seconds_per_epoch = result.seconds / max(result.epochs_run - start_epoch, 1)
     if shard is not None:
