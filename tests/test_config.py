@@ -26,7 +26,7 @@ def test_layers_resolve_in_order():
     assert faithful.side_features is False and faithful.extra["residual"] is False
     assert resolve(model="lr-recsys", preset="faithful", lr=0.02).train.lr == 0.02   # and over the preset
     # a caller's knob adds to the preset's knobs instead of replacing them
-    assert resolve(model="lr-recsys", preset="faithful", extra={"heads": 2}).extra == {"residual": False, "gmf": False, "heads": 2}
+    assert resolve(model="lr-recsys", preset="faithful", extra={"gmf": True}).extra == {"residual": False, "gmf": True}
     # the preset spells only what the paper fixes; nothing else leaks into it
     assert set(PRESETS["faithful"]) <= set(RecommenderConfig.model_fields)
 
@@ -40,10 +40,27 @@ def test_every_model_gets_the_same_inputs_by_default():
 
 @pytest.mark.parametrize("bad, named", [({"dropuot": 0.1}, "dropuot"), ({"train": {"learning_rate": 1}}, "learning_rate"),
                                         ({"monitor": "accuracy"}, "monitor"), ({"preset": "paper"}, "paper"),
-                                        ({"model": "xgboost"}, "xgboost")])
+                                        ({"model": "xgboost"}, "xgboost"), ({"extra": {"gmff": False}}, "gmff")])
 def test_a_wrong_key_or_value_is_an_error_that_names_it(bad, named):
     with pytest.raises(ReasonrecError, match=named):
         resolve({"model": "lr-recsys", **bad})
+
+
+@pytest.mark.parametrize("model, knob, other", [("apg", "rank", 4), ("bert4rec", "layers", 1), ("dcnv2", "cross_layers", 1),
+                                                ("din", "attention_hidden", 8), ("ncf", "tower", (16, 8)),
+                                                ("optfusion", "layers", 1), ("sasrec", "layers", 1)])
+def test_a_models_knobs_are_the_ones_it_reads(model, knob, other):
+    from reasonrec.models.base import ModelConfig, build_model, model_module
+
+    knobs = model_module(model).KNOBS
+    assert resolve(model=model, extra=knobs).extra == knobs
+    with pytest.raises(ReasonrecError, match=f"no extra knob.*{knob}x"):
+        resolve(model=model, extra={knob + "x": 1})
+
+    def shapes(extra):
+        return [tuple(p.shape) for p in build_model(model, ModelConfig(n_users=5, n_items=7, extra=extra)).parameters()]
+    # spelling a knob at its default builds the default network; another value builds another one
+    assert shapes({}) == shapes(knobs) != shapes({knob: other})
 
 
 def test_the_estimator_and_the_cli_go_through_the_same_config(tmp_path):

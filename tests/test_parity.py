@@ -27,6 +27,12 @@ def test_a_stored_fit_is_kept_and_a_stale_one_refitted(small, tmp_path):
 
     stored = pd.read_csv(tmp_path / "results.csv")
     config = json.loads(stored.loc[0, "config"])
+    config["train"].pop("weight_decay")                         # an option added since: its field default
+    stored.loc[0, "config"] = json.dumps(config, sort_keys=True)
+    stored.to_csv(tmp_path / "results.csv", index=False)
+    run_parity(small, ["ncf"], [0], tmp_path, overrides={"epochs": 1}, echo=messages.append)
+    assert len(messages) == 1                                   # is what the fit had: kept
+
     config["dropout"] = 0.55                                    # as if the default had been different then
     stored.loc[0, "config"] = json.dumps(config, sort_keys=True)
     stored.to_csv(tmp_path / "results.csv", index=False)

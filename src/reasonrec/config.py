@@ -8,7 +8,8 @@ Every default is spelt once. A value resolves in layers, later winning:
     4. what the caller sets (estimator keywords, `reasonrec train` options, a bench experiment).
 
 `resolve(...)` does the layering and returns a validated `RecommenderConfig`; an unknown key is an
-error that names it. A saved bundle stores the resolved config, so a later change of defaults never
+error that names it, an `extra` knob included (a model's knobs are the keys of its DEFAULTS["extra"]
+and of its `KNOBS`, knobs whose defaults the model applies itself and the config does not spell out). A saved bundle stores the resolved config, so a later change of defaults never
 changes what a bundle loads. The estimator, `reasonrec train`, the bench specs, `reasonrec align`
 and the service all go through here.
 """
@@ -136,7 +137,18 @@ def resolve(overrides: dict | None = None, **kw) -> RecommenderConfig:
     merged: dict = {}
     for layer in [*model_layers(model, given.get("preset")), given]:
         merged = merge(merged, nest(layer))
+    _check_knobs(model, merged.get("extra", {}))
     return validate(merged)
+
+
+def _check_knobs(model: str, extra: dict) -> None:
+    from reasonrec.models.base import model_module
+
+    module = model_module(model)
+    known = set(getattr(module, "KNOBS", {})) | set(getattr(module, "DEFAULTS", {}).get("extra", {}))
+    bad = sorted(set(extra) - known)
+    if bad:
+        raise ReasonrecError(f"model '{model}' has no extra knob(s) {bad}; its knobs are {sorted(known) or 'none'}")
 
 
 def validate(raw: dict) -> RecommenderConfig:

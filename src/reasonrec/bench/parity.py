@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from reasonrec.data.prepare import Prepared
+from reasonrec.errors import ReasonrecError
 
 SPLITS = ("train", "valid", "test")
 
@@ -64,12 +65,26 @@ def export_recbole(data: Prepared, out_dir: Path, name: str = "reasonrec") -> Pa
     return target
 
 
+def _config_json(cfg) -> str:
+    return json.dumps(cfg.model_dump(mode="json", exclude={"text_columns", "strip_prefixes"}), sort_keys=True)
+
+
+def _stored_config(stored) -> str | None:
+    from reasonrec.config import validate
+
+    try:
+        return _config_json(validate(json.loads(stored)))
+    except (TypeError, ValueError, ReasonrecError):     # none stored, or an option since removed
+        return None
+
+
 def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, overrides: dict | None = None,
                progress: bool = False, echo=print) -> pd.DataFrame:
     """Every model without explanations at its defaults (plus `overrides`), one row per seed;
     results.csv is rewritten after each fit. A fit already in it is not run again unless its stored
     config differs from what the defaults resolve to now (then it is refitted, so no row of the
-    report describes settings that are no longer the defaults)."""
+    report describes settings that are no longer the defaults). An option added since a fit reads
+    as its field default in the stored config: that is what the fit had."""
     from reasonrec.estimator import Recommender
 
     out.mkdir(parents=True, exist_ok=True)
@@ -80,10 +95,9 @@ def run_parity(data: Prepared, models: list[str], seeds: list[int], out: Path, o
     for model in models:
         for seed in seeds:
             rec = Recommender(**{**(overrides or {}), "model": model, "explanations": "none", "seed": seed})
-            config = json.dumps(rec.config.model_dump(mode="json", exclude={"text_columns", "strip_prefixes"}),
-                                sort_keys=True)
+            config = _config_json(rec.config)
             same = [r for r in rows if (r["model"], int(r["seed"]), r.get("overrides", "{}")) == (model, seed, key)]
-            if same and all(r.get("config") == config for r in same):
+            if same and all(_stored_config(r.get("config")) == config for r in same):
                 continue
             if same:
                 echo(f"{model} seed {seed}: the defaults changed since the stored fit; refitting")

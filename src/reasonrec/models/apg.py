@@ -27,6 +27,8 @@ from torch import nn
 from reasonrec.models.base import ModelConfig
 from reasonrec.models.fields import FieldTokens
 
+KNOBS = {"rank": 8}
+
 
 class APGLayer(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, cond_dim: int, rank: int):
@@ -48,7 +50,7 @@ class APGLayer(nn.Module):
 class APG(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        d, rank = cfg.embed_dim, cfg.extra.get("rank", 8)
+        d, rank = cfg.embed_dim, {**KNOBS, **cfg.extra}["rank"]
         self.fields = FieldTokens(cfg, d)
         self.cond = self.fields.index("user", "ctx_")                          # user, ctx_*, user_feat_*
         widths = [self.fields.n_fields * d, *cfg.mlp]

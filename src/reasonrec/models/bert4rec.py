@@ -26,6 +26,8 @@ from torch import nn
 from reasonrec.models.base import ModelConfig, mlp
 from reasonrec.models.fields import FieldTokens, TransformerBlock
 
+KNOBS = {"layers": 2, "heads": 2}
+
 
 class BERT4Rec(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -35,8 +37,9 @@ class BERT4Rec(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(d) * 0.01)
         self.pos = nn.Embedding(cfg.history_len + 1, d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.extra.get("heads", 2), cfg.dropout, act="gelu")
-                                    for _ in range(cfg.extra.get("layers", 2)))
+        extra = {**KNOBS, **cfg.extra}
+        self.blocks = nn.ModuleList(TransformerBlock(d, extra["heads"], cfg.dropout, act="gelu")
+                                    for _ in range(extra["layers"]))
         self.ln = nn.LayerNorm(d)
         self.head = mlp((self.fields.n_fields + 1) * d, tuple(cfg.mlp), out_dim=1, dropout=cfg.dropout)
         nn.init.normal_(self.pos.weight, std=0.01)

@@ -24,6 +24,8 @@ from torch import nn
 from reasonrec.models.base import ModelConfig, mlp
 from reasonrec.models.fields import FieldTokens
 
+KNOBS = {"cross_layers": 3, "structure": "parallel"}
+
 
 class CrossLayerV2(nn.Module):
     def __init__(self, dim: int):
@@ -39,11 +41,12 @@ class DCNv2(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.embed_dim
-        self.structure = cfg.extra.get("structure", "parallel")
+        extra = {**KNOBS, **cfg.extra}
+        self.structure = extra["structure"]
         assert self.structure in ("parallel", "stacked"), self.structure
         self.fields = FieldTokens(cfg, d)
         D = self.fields.n_fields * d
-        self.cross = nn.ModuleList(CrossLayerV2(D) for _ in range(cfg.extra.get("cross_layers", 3)))
+        self.cross = nn.ModuleList(CrossLayerV2(D) for _ in range(extra["cross_layers"]))
         self.deep = mlp(D, tuple(cfg.mlp), out_dim=None, dropout=cfg.dropout)
         out_in = cfg.mlp[-1] if self.structure == "stacked" else D + cfg.mlp[-1]
         self.out = nn.Linear(out_in, 1)

@@ -24,6 +24,8 @@ from torch import nn
 from reasonrec.models.base import ModelConfig, mlp
 from reasonrec.models.fields import FieldTokens
 
+KNOBS = {"attention_hidden": 36}
+
 
 class ActivationUnit(nn.Module):
     def __init__(self, d: int, hidden: int = 36):
@@ -40,7 +42,7 @@ class DIN(nn.Module):
         super().__init__()
         d = cfg.embed_dim
         self.fields = FieldTokens(cfg, d, history=False)
-        self.attention = ActivationUnit(d, cfg.extra.get("attention_hidden", 36))
+        self.attention = ActivationUnit(d, {**KNOBS, **cfg.extra}["attention_hidden"])
         self.head = mlp((self.fields.n_fields + 1) * d, tuple(cfg.mlp), out_dim=1, dropout=cfg.dropout)
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -20,6 +20,8 @@ from torch import nn
 from reasonrec.models.base import ModelConfig, mlp
 from reasonrec.models.fields import FieldTokens
 
+KNOBS = {"tower": (32, 16, 8)}
+
 # The GMF product of two embeddings grows with the square of their scale: from the zoo's 0.03 init it
 # fits the training pairs within 3-4 epochs; from 0.01 it climbs longer and ends higher (validation
 # AUC 0.7652 -> 0.7685, mean of 3 seeds, full ML-100K; benchmarks/parity).
@@ -33,7 +35,7 @@ class NCF(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.embed_dim
-        tower = tuple(cfg.extra.get("tower", (32, 16, 8)))
+        tower = tuple({**KNOBS, **cfg.extra}["tower"])
         self.gmf_user = nn.Embedding(cfg.n_users, d)
         self.gmf_item = nn.Embedding(cfg.n_items, d)
         nn.init.normal_(self.gmf_user.weight, std=cfg.init_std)

@@ -30,6 +30,8 @@ from torch import nn
 from reasonrec.models.base import ModelConfig
 from reasonrec.models.fields import FieldTokens
 
+KNOBS = {"layers": 3}
+
 OPS = ("add", "product", "concat")
 
 
@@ -61,7 +63,7 @@ class Fusion(nn.Module):
 class OptFusion(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        d, L = cfg.embed_dim, cfg.extra.get("layers", 3)
+        d, L = cfg.embed_dim, {**KNOBS, **cfg.extra}["layers"]
         self.fields = FieldTokens(cfg, d)
         D = self.fields.n_fields * d
         self.cross0 = CrossLayer(D)

@@ -24,6 +24,8 @@ from torch import nn
 from reasonrec.models.base import ModelConfig, mlp
 from reasonrec.models.fields import FieldTokens, TransformerBlock
 
+KNOBS = {"layers": 2, "heads": 1}
+
 
 class SASRec(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -32,8 +34,9 @@ class SASRec(nn.Module):
         self.fields = FieldTokens(cfg, d, history=False)
         self.pos = nn.Embedding(cfg.history_len, d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.extra.get("heads", 1), cfg.dropout)
-                                    for _ in range(cfg.extra.get("layers", 2)))
+        extra = {**KNOBS, **cfg.extra}
+        self.blocks = nn.ModuleList(TransformerBlock(d, extra["heads"], cfg.dropout)
+                                    for _ in range(extra["layers"]))
         self.ln = nn.LayerNorm(d)
         self.head = mlp((self.fields.n_fields + 1) * d, tuple(cfg.mlp), out_dim=1, dropout=cfg.dropout)
         nn.init.normal_(self.pos.weight, std=0.01)
