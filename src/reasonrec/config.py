@@ -9,8 +9,9 @@ Every default is spelt once. A value resolves in layers, later winning:
 
 `resolve(...)` does the layering and returns a validated `RecommenderConfig`; an unknown key is an
 error that names it, an `extra` knob included (a model's knobs are the keys of its DEFAULTS["extra"]
-and of its `KNOBS`, knobs whose defaults the model applies itself and the config does not spell out). A saved bundle stores the resolved config, so a later change of defaults never
-changes what a bundle loads. The estimator, `reasonrec train`, the bench specs, `reasonrec align`
+and of its `KNOBS`, knobs whose defaults the model applies itself and the config does not spell
+out). A saved bundle stores the resolved config, so a later change of defaults never changes what a
+bundle loads. The estimator, `reasonrec train`, the bench specs, `reasonrec align`
 and the service all go through here.
 """
 

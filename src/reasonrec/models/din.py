@@ -28,7 +28,7 @@ KNOBS = {"attention_hidden": 36}
 
 
 class ActivationUnit(nn.Module):
-    def __init__(self, d: int, hidden: int = 36):
+    def __init__(self, d: int, hidden: int):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4 * d, hidden), nn.PReLU(), nn.Linear(hidden, 1))
 
