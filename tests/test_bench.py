@@ -535,3 +535,31 @@ def test_every_bench_command_is_registered():
     assert out.exit_code == 0
     for command in ("throughput", "serve", "run", "report", "plan"):
         assert command in out.output, command
+
+
+class CountingEncoder:
+    """A fake encoder for the memo's control flow: counts the texts it is asked to encode."""
+
+    name, dim = "counting", 3
+
+    def __init__(self):
+        self.seen = 0
+
+    def encode(self, texts):
+        self.seen += len(texts)
+        return np.array([[len(t), t.count("a"), 1.0] for t in texts])
+
+
+def test_encoded_vectors_outlive_the_process(tmp_path):
+    from reasonrec.bench.encoders import _MemoEncoder
+
+    store = tmp_path / "vectors.npz"
+    first = CountingEncoder()
+    out = _MemoEncoder(first, store).encode(["banana", "kiwi", "banana"])
+    assert first.seen == 2 and out.shape == (3, 3) and store.is_file()
+    again = CountingEncoder()                                    # a later process: nothing re-encoded
+    memo = _MemoEncoder(again, store)
+    assert np.array_equal(memo.encode(iter(["kiwi", "banana"])), out[[1, 0]])
+    assert again.seen == 0
+    assert memo.encode(["apple"]).tolist() == [[5.0, 1.0, 1.0]] and again.seen == 1
+    assert len(_MemoEncoder(CountingEncoder(), store).memo) == 3

@@ -18,11 +18,15 @@ DEFAULT_ENCODER_CACHE = Path("artifacts/cache/bench-encoders")
 
 class _MemoEncoder:
     """A fitted encoder whose encode() remembers each text's vector (the same texts are encoded for
-    every seed and task of an experiment)."""
+    every seed and task of an experiment). With a `store` file the vectors also outlive the process:
+    a frozen LLM's hidden states for the bench slice take ~20 min on 2 cores, so they are computed once."""
 
-    def __init__(self, inner):
-        self.inner = inner
-        self.memo: dict[str, np.ndarray] = {}
+    def __init__(self, inner, store: Path | None = None):
+        self.inner, self.store = inner, store
+        self.memo: dict[bytes, np.ndarray] = {}
+        if store is not None and store.is_file():
+            with np.load(store) as saved:
+                self.memo = dict(zip(saved["keys"].tolist(), saved["vectors"]))
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -37,12 +41,21 @@ class _MemoEncoder:
 
     def encode(self, texts) -> np.ndarray:
         texts = list(texts)
-        new = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        keys = [hashlib.sha256(t.encode()).hexdigest()[:32].encode() for t in texts]
+        new = {k: t for k, t in zip(keys, texts) if k not in self.memo}
         if new:
-            self.memo.update(zip(new, np.asarray(self.inner.encode(new), dtype="float32")))
-        if not texts:
+            self.memo.update(zip(new, np.asarray(self.inner.encode(list(new.values())), dtype="float32")))
+            self._save()
+        if not keys:
             return np.zeros((0, self.dim), dtype="float32")
-        return np.stack([self.memo[t] for t in texts])
+        return np.stack([self.memo[k] for k in keys])
+
+    def _save(self) -> None:
+        if self.store is None:
+            return
+        tmp = self.store.with_name(f".{self.store.stem}.tmp.npz")
+        np.savez(tmp, keys=np.array(list(self.memo), dtype="S32"), vectors=np.stack(list(self.memo.values())))
+        tmp.replace(self.store)
 
 
 class Encoders:
@@ -83,6 +96,6 @@ class Encoders:
                 save_encoder(enc, tmp)
                 shutil.rmtree(disk, ignore_errors=True)
                 tmp.rename(disk)
-        wrapped = _MemoEncoder(enc)
+        wrapped = _MemoEncoder(enc, disk / "vectors.npz" if disk is not None else None)
         self._encoders[key] = wrapped
         return wrapped, seconds, cached
