@@ -17,12 +17,12 @@ import yaml
 
 from reasonrec.bench import stats
 from reasonrec.bench.insights import item_keywords, top_items
-from reasonrec.bench.render import build_report
 from reasonrec.bench.plan import apply_train_fraction, choose_point
+from reasonrec.bench.render import build_report
 from reasonrec.bench.run import BenchRunner
+from reasonrec.bench.spec import load_spec
 from reasonrec.bench.texts import MissingExplanations
 from reasonrec.data.prepare import user_subset
-from reasonrec.bench.spec import load_spec
 from reasonrec.errors import ReasonrecError
 from reasonrec.explain.generate import ExplainConfig, Explainer
 from reasonrec.explain.store import ExplanationStore

@@ -13,7 +13,6 @@ import pandas as pd
 
 from reasonrec.data.prepare import Prepared
 
-
 DEFAULT_ENCODER_CACHE = Path("artifacts/cache/bench-encoders")
 
 class _MemoEncoder:
