@@ -115,6 +115,7 @@ def test_smoke_spec_runs_every_experiment(bench):
     shuffled = table[table["id"] == "lr-recsys-shuffled"].iloc[0]
     assert oracle["control"] == "oracle" and oracle["q"] == 0.9 and oracle["model_id"] == "oracle"
     assert oracle["probe_auc"] > 0.85 and abs(shuffled["probe_auc"] - 0.5) < 0.1
+    assert oracle["probe_lift"] > 0.1 and abs(shuffled["probe_lift"]) < 0.05   # beyond the ids, and nothing
     assert shuffled["control"] == "shuffled" and shuffled["model_id"] == "fake:embedded"
     assert bool(shuffled["encoder_cached"])      # the real texts' encoder: a permutation keeps each split's texts
     assert oracle["test_auc"] > table.set_index(["id", "task"])["test_auc"]["lr-recsys-none", "classification"] + 0.1
@@ -134,9 +135,16 @@ def test_second_run_is_fully_cached(bench, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a cached run must not train")
 
+    # a run stored before the probe's lift existed gets it back without a refit
+    stored = next(p for p in (bench["spec"].results_dir / "runs").rglob("*.json")
+                  if "probe_lift" in json.loads(p.read_text()))
+    record = json.loads(stored.read_text())
+    lift = record.pop("probe_lift")
+    stored.write_text(json.dumps(record))
     monkeypatch.setattr(Recommender, "fit", no_training)
     counts = _runner(bench["spec"], bench["tmp"]).run()
     assert counts["ran"] == 0 and counts["cached"] == 15 and counts["failed"] == 0
+    assert json.loads(stored.read_text())["probe_lift"] == lift
 
 
 def test_changing_one_experiment_reruns_only_it(bench):

@@ -19,7 +19,7 @@ RESULT_COLUMNS = ["spec", "id", "label", "tag", "kind", "model", "task", "seed",
                   "coverage", "n_train", "n_valid", "n_test", *[f"test_{m}" for m in METRIC_NAMES],
                   *[f"valid_{m}" for m in METRIC_NAMES], "tuned", "lr", "embed_dim", "fit_seconds",
                   "seconds_per_epoch", "best_epoch", "epochs_run", "encoder_seconds", "encoder_cached",
-                  "control", "q", "probe_auc", "compare_to", "hash", "predictions", "finished"]
+                  "control", "q", "probe_auc", "probe_lift", "compare_to", "hash", "predictions", "finished"]
 
 
 class Collector:
@@ -170,7 +170,7 @@ def _row(rec: dict, exp: Experiment, spec: Spec, point: dict | None = None) -> d
         row[f"valid_{m}"] = rec["metrics"].get(f"valid_{m}")
     for k in ("fit_seconds", "seconds_per_epoch", "best_epoch", "epochs_run", "encoder_seconds", "encoder_cached"):
         row[k] = rec.get(k)
-    row["control"], row["q"], row["probe_auc"] = exp.control, exp.q, rec.get("probe_auc")
+    row["control"], row["q"], row["probe_auc"], row["probe_lift"] = exp.control, exp.q, rec.get("probe_auc"), rec.get("probe_lift")
     row["tuned"] = json.dumps(point) if point else None
     row.update(_effective(exp.at(point)))
     return row

@@ -137,26 +137,35 @@ class Figures:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for (model, slice_name), g in points.groupby(["model", "slice"], sort=False):
-            ctrl = g[g["control"].notna()].sort_values("probe_auc")
-            line = ax.plot(ctrl["probe_auc"], ctrl["gain"], "o-", ms=4, label=f"{model} ({slice_name}) controls")
-            real = g[g["control"].isna()]
-            ax.scatter(real["probe_auc"], real["gain"], marker="*", s=120, color=line[0].get_color(),
-                       edgecolor="black", zorder=3, label=f"{model} ({slice_name}) generated texts")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("probe AUC of the row's text codes (logistic regression on codes alone)")
-        ax.set_ylabel("mean test-AUC gain over the model without explanations")
-        ax.legend(fontsize=6)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        xlabels = {"probe_auc": "probe AUC of the row's text codes (logistic regression on codes alone)",
+                   "probe_lift": "probe lift: AUC(ids + codes) - AUC(ids), logistic regressions"}
+        for ax, x in zip(axes, xlabels):
+            for (model, slice_name), g in points.groupby(["model", "slice"], sort=False):
+                ctrl = g[g["control"].notna()].sort_values(x)
+                line = ax.plot(ctrl[x], ctrl["gain"], "o-", ms=4, label=f"{model} ({slice_name}) controls")
+                real = g[g["control"].isna()]
+                ax.scatter(real[x], real["gain"], marker="*", s=120, color=line[0].get_color(),
+                           edgecolor="black", zorder=3, label=f"{model} ({slice_name}) generated texts")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xlabel(xlabels[x], fontsize=8)
+        axes[1].plot([0, 0.2], [0, 0.2], ":", color="grey", lw=0.8)    # gain = lift
+        axes[0].set_ylabel("mean test-AUC gain over the model without explanations")
+        axes[0].legend(fontsize=6)
         fig.tight_layout()
         self._save(fig, "informativeness.png")
         plt.close(fig)
-        rows = [[r.model, r.slice, self.r.label(r.id), r.kind, f"{r.probe_auc:.4f}", f"{r.gain:+.4f}", _p(r.p),
+        rows = [[r.model, r.slice, self.r.label(r.id), r.kind, f"{r.probe_auc:.4f}",
+                 "" if pd.isna(r.probe_lift) else f"{r.probe_lift:+.4f}", f"{r.gain:+.4f}", _p(r.p),
                  self.r.label(r.without)] for r in points.itertuples()]
         return "\n".join(["## Informativeness — gain against what the codes say", "",
-                          "x: test AUC of a standardised logistic regression fitted on the train split's text codes "
-                          "alone (positive and negative codes); y: mean test-AUC gain over the same model without "
-                          "explanations on the same slice (p: paired t over seeds). Shuffled texts and oracle texts "
-                          "true for a share q of the samples are controls; the other rows read generated texts.", "",
-                          _md_table(["model", "slice", "row", "texts", "probe AUC", "Δ AUC", "p", "without"], rows),
+                          "x, left: test AUC of a standardised logistic regression fitted on the train split's text "
+                          "codes alone (positive and negative codes); x, right: the probe's lift over ids, test AUC of "
+                          "a logistic regression on one-hot user and item ids plus the codes minus the same on the ids "
+                          "alone (what the codes say that the ids do not; dotted: gain = lift); y: mean test-AUC gain "
+                          "over the same model without explanations on the same slice (p: paired t over seeds). "
+                          "Shuffled texts and oracle texts true for a share q of the samples are controls; the other "
+                          "rows read generated texts.", "",
+                          _md_table(["model", "slice", "row", "texts", "probe AUC", "probe lift", "Δ AUC", "p",
+                                     "without"], rows),
                           "", "![Informativeness](figures/informativeness.png)", ""])

@@ -323,8 +323,8 @@ class Results:
 
     def informativeness_points(self) -> pd.DataFrame:
         """One row per text-reading row with a probe AUC whose model has a row without explanations
-        on its slice: the probe AUC and the mean AUC gain over that row."""
-        cols = ["model", "slice", "id", "kind", "control", "probe_auc", "gain", "p", "without"]
+        on its slice: the probe AUC, the probe's lift over ids, and the mean AUC gain over that row."""
+        cols = ["model", "slice", "id", "kind", "control", "probe_auc", "probe_lift", "gain", "p", "without"]
         if "probe_auc" not in self.df:
             return pd.DataFrame(columns=cols)
         rows = []
@@ -346,7 +346,9 @@ class Results:
                 f"generated ({g['llm_name'].dropna().iloc[0] if g['llm_name'].notna().any() else '?'})"
             rows.append({"model": e.get("model"), "slice": "all" if _users(e) is None else f"u{_users(e)}",
                          "id": exp_id, "kind": kind, "control": control,
-                         "probe_auc": float(g["probe_auc"].mean()), "gain": c.diff, "p": c.p, "without": without[0]})
+                         "probe_auc": float(g["probe_auc"].mean()),
+                         "probe_lift": float(g["probe_lift"].mean()) if "probe_lift" in g else float("nan"),
+                         "gain": c.diff, "p": c.p, "without": without[0]})
         return pd.DataFrame(rows, columns=cols)
 
 

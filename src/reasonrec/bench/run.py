@@ -116,6 +116,7 @@ class BenchRunner(TextSource, Planner, Encoders, Collector):
             if _with(path, ".json").is_file():
                 counts["cached"] += 1
                 self.echo(f"{head}  cached")
+                self._backfill_probe(run, expl, _with(path, ".json"))
                 self.status.setdefault(exp.id, {"state": "done"})
                 continue
             try:
@@ -152,31 +153,50 @@ class BenchRunner(TextSource, Planner, Encoders, Collector):
                   f"{counts['failed']} failed in {counts['seconds']} s; {len(table)} rows in {counts['results']}")
         return counts
 
-    def _execute(self, run: PlannedRun, expl: Explanations | None) -> tuple[dict, dict]:
+    def _run_data(self, run: PlannedRun) -> Prepared:
         exp = run.setup
         data = self.slice(exp.users)
         fraction_seed = run.seed if exp.fraction_seed == "run" else int(exp.fraction_seed)
         samples = apply_train_fraction(data.samples, exp.train_fraction, fraction_seed)
-        data = Prepared(samples, data.items, data.users, data.card)
-        if exp.kind == "llm_direct":
+        return Prepared(samples, data.items, data.users, data.card)
+
+    def _execute(self, run: PlannedRun, expl: Explanations | None) -> tuple[dict, dict]:
+        data = self._run_data(run)
+        if run.setup.kind == "llm_direct":
             return self._direct(run, data, expl)
         return self._train(run, data, expl)
 
-    def _train(self, run: PlannedRun, data: Prepared, expl: Explanations | None) -> tuple[dict, dict]:
+    def _recommender(self, run: PlannedRun, data: Prepared, expl: Explanations | None):
+        """(unfitted Recommender, fitted text encoder or None, encoder seconds, encoder cached?)."""
         from reasonrec.estimator import Recommender
-        from reasonrec.train.metrics import metrics_for
 
-        exp = run.setup
-        cfg = exp.config(run.task, run.seed)
-        table = None
+        cfg = run.setup.config(run.task, run.seed)
         if expl is not None:
             cfg = cfg.model_copy(update={"text_columns": tuple(expl.info["text_columns"]),
                                          "strip_prefixes": tuple(expl.info["strip_prefixes"])})
-            table = expl.table
         rec = Recommender(cfg)
-        encoder, enc_seconds, enc_cached = None, 0.0, False
-        if rec.uses_text:
-            encoder, enc_seconds, enc_cached = self._encoder(rec, data, expl.info.get("encoder_table", table))
+        if not rec.uses_text:
+            return rec, None, 0.0, False
+        return rec, *self._encoder(rec, data, expl.info.get("encoder_table", expl.table))
+
+    def _backfill_probe(self, run: PlannedRun, expl: Explanations | None, json_path: Path) -> None:
+        """A run stored before `probe_lift` existed gets it without a refit (no probe depends on
+        the fit, and each is computed once per experiment)."""
+        record = json.loads(json_path.read_text())
+        if "probe_auc" not in record or "probe_lift" in record:
+            return
+        data = self._run_data(run)
+        rec, encoder, _, _ = self._recommender(run, data, expl)
+        record.update(self._probe(run, rec, data, expl, encoder))
+        tmp = json_path.parent / f".{json_path.name}.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=_json_default))
+        tmp.replace(json_path)
+
+    def _train(self, run: PlannedRun, data: Prepared, expl: Explanations | None) -> tuple[dict, dict]:
+        from reasonrec.train.metrics import metrics_for
+
+        table = expl.table if expl is not None else None
+        rec, encoder, enc_seconds, enc_cached = self._recommender(run, data, expl)
         started = time.perf_counter()
         probe = self._probe(run, rec, data, expl, encoder) if rec.uses_text else None
         rec.fit(data, table, progress=self.progress, encoder=encoder)
@@ -200,7 +220,7 @@ class BenchRunner(TextSource, Planner, Encoders, Collector):
                   "best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run,
                   "encoder_seconds": round(enc_seconds, 2), "encoder_cached": enc_cached}
         if probe is not None:
-            record["probe_auc"] = probe
+            record.update(probe)
         record.update(self._common(run, data, expl))
         arrays = _arrays(test, pred)
         if attention is not None:
@@ -208,9 +228,10 @@ class BenchRunner(TextSource, Planner, Encoders, Collector):
             arrays["attention_names"] = np.array(names)
         return record, arrays
 
-    def _probe(self, run: PlannedRun, rec, data: Prepared, expl: Explanations, encoder) -> float:
-        """How much the codes alone say about the label (controls.probe_auc), once per experiment,
-        encoder and training subset: it does not depend on the seed, so later seeds reuse it."""
+    def _probe(self, run: PlannedRun, rec, data: Prepared, expl: Explanations, encoder) -> dict:
+        """How much the codes say about the label, alone and beyond the ids (controls.probe_auc,
+        probe_lift), once per experiment, encoder and training subset: it does not depend on the
+        seed, so later seeds reuse it."""
         exp = run.setup
         fraction_seed = run.seed if exp.fraction_seed == "run" else exp.fraction_seed
         key = (exp.id, _canonical([rec.config.encoder, rec.config.encoder_options]), exp.train_fraction,
@@ -223,8 +244,10 @@ class BenchRunner(TextSource, Planner, Encoders, Collector):
                 return np.hstack([encoder.encode(col) for col in rec._texts(part, table)])
 
             train, test = s[s["split"] == "train"], s[s["split"] == "test"]
-            self._probes[key] = round(controls.probe_auc(codes("train"), train["label"].to_numpy(),
-                                                         codes("test"), test["label"].to_numpy()), 6)
+            x_train, x_test = codes("train"), codes("test")
+            self._probes[key] = {
+                "probe_auc": round(controls.probe_auc(x_train, train["label"].to_numpy(), x_test, test["label"].to_numpy()), 6),
+                "probe_lift": round(controls.probe_lift(train, x_train, test, x_test), 6)}
         return self._probes[key]
 
     def _direct(self, run: PlannedRun, data: Prepared, expl: Explanations) -> tuple[dict, dict]:
