@@ -149,7 +149,8 @@ class Figures:
                            edgecolor="black", zorder=3, label=f"{model} ({slice_name}) generated texts")
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xlabel(xlabels[x], fontsize=8)
-        axes[1].plot([0, 0.2], [0, 0.2], ":", color="grey", lw=0.8)    # gain = lift
+        span = [min(0.0, points["probe_lift"].min()), max(0.0, points["probe_lift"].max())]
+        axes[1].plot(span, span, ":", color="grey", lw=0.8)             # gain = lift
         axes[0].set_ylabel("mean test-AUC gain over the model without explanations")
         axes[0].legend(fontsize=6)
         fig.tight_layout()
