@@ -15,6 +15,7 @@ from reasonrec.data.prepare import Prepared
 
 DEFAULT_ENCODER_CACHE = Path("artifacts/cache/bench-encoders")
 
+
 class _MemoEncoder:
     """A fitted encoder whose encode() remembers each text's vector (the same texts are encoded for
     every seed and task of an experiment). With a `store` file the vectors also outlive the process:
