@@ -92,8 +92,14 @@ def _print_explained(out: dict, titles: dict, truth=None):
     print(f"candidate: {titles.get(out['item_id'], out['item_id'])} | {verdict}")
     for name, text in out["explanations"].items():
         print(f"  {name}: {text}")
-    if out.get("attention"):
-        print("  attention: " + ", ".join(f"{k} {v:.2f}" for k, v in out["attention"].items()))
+    shares = out.get("attention") or {}
+    if shares:
+        line = ", ".join(f"{k} {v:.3f}" for k, v in shares.items())
+        # the robust default's residual input attention stays close to uniform: say so rather than
+        # present equal shares as a finding (the faithful preset's attention is the paper's Fig. 7/10)
+        near_uniform = max(abs(v - 1 / len(shares)) for v in shares.values()) < 0.01
+        print(f"  attention: {line}" + ("  (near uniform: this model barely weighs its inputs apart)"
+                                         if near_uniform else ""))
 
 
 if __name__ == "__main__":
