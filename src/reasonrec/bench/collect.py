@@ -170,7 +170,8 @@ def _row(rec: dict, exp: Experiment, spec: Spec, point: dict | None = None) -> d
         row[f"valid_{m}"] = rec["metrics"].get(f"valid_{m}")
     for k in ("fit_seconds", "seconds_per_epoch", "best_epoch", "epochs_run", "encoder_seconds", "encoder_cached"):
         row[k] = rec.get(k)
-    row["control"], row["q"], row["probe_auc"], row["probe_lift"] = exp.control, exp.q, rec.get("probe_auc"), rec.get("probe_lift")
+    row["control"], row["q"] = exp.control, exp.q
+    row["probe_auc"], row["probe_lift"] = rec.get("probe_auc"), rec.get("probe_lift")
     row["tuned"] = json.dumps(point) if point else None
     row.update(_effective(exp.at(point)))
     return row

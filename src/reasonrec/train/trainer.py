@@ -60,8 +60,12 @@ def monitor_of(cfg: TrainConfig, task: str) -> tuple[str, bool]:
     return SELECTION[task] if cfg.monitor == "auto" else (cfg.monitor, cfg.monitor == "auc")
 
 
+def embedding_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+
+
 def embedding_tables(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    return [m.weight for m in embedding_modules(model)]
 
 
 class EmbeddingPenalty:
@@ -70,17 +74,18 @@ class EmbeddingPenalty:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig):
         self.weight, self.on = cfg.embed_reg, cfg.embed_reg_on
-        self.tables = embedding_tables(model) if self.weight else []
+        self.tables = embedding_tables(model) if self.weight and self.on == "tables" else []
         self.looked_up: list[torch.Tensor] = []
-        self.hooks = []
-        if self.weight and self.on == "batch":
-            for m in model.modules():
-                if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
-                    self.hooks.append(m.register_forward_hook(self._record))
+        self.hooks = [m.register_forward_hook(self._record) for m in embedding_modules(model)] \
+            if self.weight and self.on == "batch" else []
 
     def _record(self, module, inputs, output):
         if module.training:
             self.looked_up.append(output)
+
+    def reset(self) -> None:
+        """Forget lookups made outside a training step (e.g. a wrapper's probe forward)."""
+        self.looked_up = []
 
     def __call__(self, batch_size: int) -> torch.Tensor | float:
         if not self.weight:
@@ -205,7 +210,7 @@ def train_loop(model: nn.Module, train: TensorData, valid: TensorData, cfg: Trai
             pieces = distributed.batches(train, cfg.batch_size, shard, gen)
         for batch, global_size in pieces:
             opt.zero_grad(set_to_none=True)
-            penalty.looked_up.clear()
+            penalty.reset()
             loss = criterion(net(batch), target(batch, task, scale, cfg.supervision))
             total += loss.item() * len(batch["user"])
             seen += len(batch["user"])
